@@ -135,7 +135,9 @@ class _Native:
             self._error = exc
             raise
         except (OSError, cffi.CDefError, cffi.FFIError) as exc:
-            self._error = NativeLibraryError(f"loading the tiermem native library failed: {exc}; {REBUILD_HINT}")
+            self._error = NativeLibraryError(
+                f"loading the tiermem native library failed: {exc}; {REBUILD_HINT}"
+            )
             raise self._error from exc
         self._ffi, self._lib, self.path = ffi, lib, path
 

@@ -163,6 +163,7 @@ static void complete_piece(tm_file *f, tm_piece *p, int *completed_any) {
             r->error = res < 0 ? res : (p->op == TM_OP_READ ? -ENODATA : -EIO);
             r->err_offset = p->offset;
         }
+        r->carved = r->len;  /* carve no more; next_piece unlinks it */
         finish_piece(f, p, completed_any);
         return;
     }

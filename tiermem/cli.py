@@ -1,0 +1,262 @@
+"""The ``tiermem`` command line.
+
+Exit codes: 0 ok, 1 failure, 2 usage error. Errors are one line on stderr; a
+traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit code 2)."""
+
+
+class CliError(Exception):
+    """A failure to report as one line (exit code 1)."""
+
+
+def parse_size(text: str) -> int:
+    """'1G', '512M', '64MiB', '4096' -> bytes (binary units)."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (expected e.g. 4096, 64M, 1G)")
+    value, unit = float(m.group(1)), m.group(2).lower()
+    return int(value * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit])
+
+
+def _size_list(text: str) -> list[int]:
+    return [parse_size(t) for t in text.split(",") if t.strip()]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 itself; keep it one line
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _short_bytes(n: int) -> str:
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+# ---- tiermem bench ----
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="profile a directory for offload (sequential read/write sweeps)",
+        description="Profile a directory for offload: sequential read and write sweeps over "
+        "block size x queue depth x backend. Prints GB/s, IOPS and latency percentiles "
+        "per configuration, then the best configuration as a DeepSpeed-style 'aio' section.",
+    )
+    p.add_argument(
+        "directory",
+        nargs="?",
+        default=".",
+        type=Path,
+        help="directory to profile (default: the current directory)",
+    )
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        default=None,
+        help="bytes per test file, e.g. 256M, 1G (default 1G; 64M with --quick)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a few seconds: small file, few configurations"
+    )
+    p.add_argument("--block-sizes", type=_size_list, default=None, help="e.g. 128K,1M,4M")
+    p.add_argument("--queue-depths", type=_int_list, default=None, help="e.g. 4,16,32")
+    p.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated: io_uring,libaio,threads (default: all usable)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the result as JSON (schema tiermem.bench/1)"
+    )
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from tiermem import diskbench
+
+    if args.quick:
+        cfg = diskbench.DiskBenchConfig.quick(args.directory, args.size)
+    else:
+        cfg = diskbench.DiskBenchConfig(directory=args.directory, size=args.size or diskbench.GiB)
+    overrides = {}
+    if args.block_sizes:
+        bad = [b for b in args.block_sizes if b <= 0 or b % 4096]
+        if bad:
+            raise UsageError(f"--block-sizes: each must be a positive multiple of 4096, got {bad}")
+        overrides["block_sizes"] = tuple(args.block_sizes)
+    if args.queue_depths:
+        if any(q < 1 or q > 4096 for q in args.queue_depths):
+            raise UsageError(f"--queue-depths: each must be in 1..4096, got {args.queue_depths}")
+        overrides["queue_depths"] = tuple(args.queue_depths)
+    if args.backends:
+        names = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+        bad = [b for b in names if b not in ("auto", "io_uring", "libaio", "threads")]
+        if bad:
+            raise UsageError(
+                f"--backends: unknown backend {bad[0]!r}; expected io_uring, libaio, threads"
+            )
+        overrides["backends"] = names
+    if overrides:
+        cfg = diskbench.DiskBenchConfig(**{**cfg.__dict__, **overrides})
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err_console = Console(stderr=True)
+    with Progress(
+        TextColumn("[progress.description]{task.description:<34}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    ) as progress:
+        task = progress.add_task("preparing", total=None)
+
+        def on_progress(desc: str, done: int, total: int) -> None:
+            progress.update(task, description=desc, completed=done, total=total)
+
+        try:
+            result = diskbench.run(cfg, on_progress=on_progress)
+        except diskbench.BenchError as exc:
+            raise CliError(f"tiermem bench: {exc}") from exc
+        except OSError as exc:
+            raise CliError(f"tiermem bench: I/O error in {cfg.directory}: {exc}") from exc
+
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_bench(result)
+    return EXIT_OK
+
+
+def _print_bench(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(100, Console().width))
+    console.print(
+        f"[bold]{result['directory']}[/bold] on {result['filesystem']} ({result['mount_point']}), "
+        f"{_human_bytes(result['free_bytes'])} free, test file {_human_bytes(result['file_size'])}"
+    )
+    console.print(
+        f"O_DIRECT: {'yes' if result['o_direct'] else 'no'} ({result['o_direct_reason']})"
+    )
+    console.print("kernel interfaces: " + ", ".join(f"{k} {v}" for k, v in result["probe"].items()))
+    table = Table(show_lines=False, box=None, pad_edge=False)
+    for col in ("backend", "block", "qd", "op", "GB/s", "IOPS", "p50 us", "p99 us", "p99.9 us"):
+        table.add_column(col, justify="right" if col not in ("backend", "op") else "left")
+    for r in result["results"]:
+        lat = r["latency_us"]
+        table.add_row(
+            r["backend"],
+            _short_bytes(r["block_size"]),
+            str(r["queue_depth"]),
+            r["op"],
+            f"{r['gbps']:.2f}",
+            f"{r['iops']:.0f}",
+            str(lat["p50"]),
+            str(lat["p99"]),
+            str(lat["p999"]),
+        )
+    console.print(table)
+    best = result["best"]
+    if best:
+        console.print(
+            f"best: {best['backend']}, block {_human_bytes(best['block_size'])}, queue depth "
+            f"{best['queue_depth']}: read {best['read_gbps']:.2f} GB/s, "
+            f"write {best['write_gbps']:.2f} GB/s"
+        )
+        console.print("DeepSpeed-style config section (paste into your JSON config):")
+        print('"aio": ' + json.dumps(result["aio_config"]["aio"], indent=2))
+
+
+# ---- entry point ----
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tiermem", description="tiermem: memory-tiering runtime for PyTorch training"
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    from tiermem import __version__
+
+    parser.add_argument("--version", action="version", version=f"tiermem {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_bench(sub)
+    return parser
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        # Ctrl-C and SIGTERM both unwind through `finally`, so scratch files go.
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        return args.func(args)
+    except UsageError as exc:
+        if debug:
+            raise
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except CliError as exc:
+        if debug:
+            raise
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("tiermem: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's one-line error contract
+        if debug:
+            raise
+        print(f"tiermem: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
