@@ -7,7 +7,8 @@ fails because of the native library; its first use raises
 """
 
 from tiermem._native import NativeLibraryError, native
+from tiermem.adam import CPUAdam
 
 __version__ = "0.1.0"
 
-__all__ = ["NativeLibraryError", "native", "__version__"]
+__all__ = ["CPUAdam", "NativeLibraryError", "native", "__version__"]

@@ -1,0 +1,325 @@
+"""CPU Adam benchmark: tiermem's fused kernel against torch and DeepSpeed.
+
+Two workloads, each at several sizes, every case in a fresh process (so no
+case inherits another's page-cache, allocator or thread-pool state):
+
+1. ``fp32``: plain AdamW on fp32 params, moments and gradient (28 bytes moved
+   per parameter: p, m, v read and written, gradient read).
+2. ``offload``: the offload step - bf16 gradient in, unscale by the loss
+   scale, overflow check, AdamW, bf16 parameter copy out (28 bytes nominal:
+   p, m, v read+written, 2 B gradient, 2 B copy). Peers compose it from
+   torch ops (cast, mul, isfinite, fused AdamW, cast).
+
+A memory-bandwidth measurement (copy, in-place scale, triad) runs in the
+same invocation, so each figure is also a fraction of this machine's limit.
+
+Usage::
+
+    .venv/bin/python bench/adam.py                      # 10M, 100M, 400M
+    .venv/bin/python bench/adam.py --quick              # small sizes
+    .venv/bin/python bench/adam.py --sizes 50M --repeats 7 --json /tmp/adam.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NOMINAL_BYTES = 28  # per parameter, both workloads (see the module docstring)
+LOSS_SCALE = 1024.0
+LR, BETAS, EPS, WD = 1e-3, (0.9, 0.999), 1e-8, 0.01
+
+CASES = {
+    "fp32": ("tiermem", "torch_fused", "torch_foreach", "deepspeed"),
+    "offload": ("tiermem", "tiermem_noskip", "torch_composed", "deepspeed_composed"),
+}
+
+
+def parse_size(text: str) -> int:
+    """``10M`` -> 10_000_000 (decimal, as parameter counts are quoted)."""
+    units = {"K": 10**3, "M": 10**6, "G": 10**9}
+    text = text.strip().upper()
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def deepspeed_adam():
+    """DeepSpeedCPUAdam, or raise ImportError with the reason."""
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+        raise ImportError(f"deepspeed.ops.adam.DeepSpeedCPUAdam not importable: {exc}") from exc
+    return DeepSpeedCPUAdam
+
+
+# ---------------------------------------------------------------- workers --
+
+
+def _tensors(n: int, grad_dtype):
+    import torch
+
+    p = torch.empty(n).uniform_(-1, 1)
+    g = torch.empty(n).normal_().to(grad_dtype)
+    return p, g
+
+
+def _make_step(workload: str, impl: str, n: int):
+    """Build the buffers for one case; return a zero-argument step function."""
+    import torch
+
+    if impl.startswith("tiermem"):
+        from tiermem import adam
+
+        grad_dtype = torch.float32 if workload == "fp32" else torch.bfloat16
+        p, g = _tensors(n, grad_dtype)
+        m, v = torch.full((n,), 0.01), torch.full((n,), 1e-4)
+        out = torch.empty(n, dtype=torch.bfloat16) if workload == "offload" else None
+        state = {"step": 0}
+
+        def step():
+            state["step"] += 1
+            adam.adam_step(
+                p,
+                m,
+                v,
+                g,
+                step=state["step"],
+                lr=LR,
+                betas=BETAS,
+                eps=EPS,
+                weight_decay=WD,
+                inv_loss_scale=1.0 if workload == "fp32" else 1.0 / LOSS_SCALE,
+                skip_on_overflow=impl == "tiermem" and workload == "offload",
+                param_out=out,
+            )
+
+        return step
+
+    if impl.startswith("deepspeed"):
+        cls = deepspeed_adam()
+        make_opt = lambda ps: cls(ps, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, adamw_mode=True)  # noqa: E731
+    else:
+        kind = {"torch_fused": "fused", "torch_foreach": "foreach", "torch_composed": "fused"}[impl]
+        make_opt = lambda ps: torch.optim.AdamW(  # noqa: E731
+            ps, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, **{kind: True}
+        )
+
+    if workload == "fp32":
+        p, g = _tensors(n, torch.float32)
+        param = torch.nn.Parameter(p)
+        param.grad = g
+        opt = make_opt([param])
+        return opt.step
+
+    # offload, composed from torch ops around the optimizer
+    p, g16 = _tensors(n, torch.bfloat16)
+    param = torch.nn.Parameter(p)
+    opt = make_opt([param])
+    out = torch.empty(n, dtype=torch.bfloat16)
+    grad32 = torch.empty(n)
+    param.grad = grad32
+
+    def step():
+        grad32.copy_(g16)  # cast
+        grad32.mul_(1.0 / LOSS_SCALE)  # unscale
+        if bool(torch.isfinite(grad32).all()):  # overflow check
+            opt.step()
+            out.copy_(param.detach())  # bf16 copy for the GPU
+        else:
+            raise RuntimeError("unexpected overflow")
+
+    return step
+
+
+def run_case(workload: str, impl: str, n: int, repeats: int) -> dict:
+    import torch
+
+    step = _make_step(workload, impl, n)
+    step()  # warm-up: first-touch, optimizer state allocation
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    result = {"seconds": times, "median_s": statistics.median(times), "best_s": min(times)}
+    result["torch_threads"] = torch.get_num_threads()
+    if impl.startswith("tiermem"):
+        from tiermem import adam
+
+        result["simd"] = adam.simd_name()
+        result["threads"] = adam.get_num_threads()
+    return result
+
+
+def run_bandwidth(n: int, repeats: int) -> dict:
+    """STREAM-like copy, in-place scale and triad with torch (all threads)."""
+    import torch
+
+    a, b, c = (torch.full((n,), 1.0) for _ in range(3))
+    kernels = {
+        "copy": (lambda: b.copy_(a), 8),
+        "scale_inplace": (lambda: a.mul_(1.0000001), 8),
+        "triad": (lambda: torch.add(b, c, alpha=0.5, out=a), 12),
+    }
+    out = {}
+    for name, (fn, bytes_per) in kernels.items():
+        fn()
+        best = min(_timed(fn) for _ in range(repeats))
+        out[name] = n * bytes_per / best / 1e9
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    try:
+        if args.worker == "bandwidth":
+            res = {"ok": True, "gbps": run_bandwidth(args.n, args.repeats)}
+        else:
+            workload, impl = args.worker.split(":")
+            res = {"ok": True, **run_case(workload, impl, args.n, args.repeats)}
+    except ImportError as exc:
+        res = {"ok": False, "skipped": str(exc)}
+    print("RESULT " + json.dumps(res), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------- parent --
+
+
+def spawn(worker: str, n: int, repeats: int, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--worker", worker, "--n", str(n), "--repeats", str(repeats)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout:.0f}s"}
+    for line in res.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    return {"ok": False, "error": (res.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
+def fmt_n(n: int) -> str:
+    return f"{n / 1e9:g}G" if n >= 10**9 else f"{n / 1e6:g}M"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10M,100M,400M", help="comma-separated parameter counts")
+    ap.add_argument("--quick", action="store_true", help="small sizes (1M, 4M), few repeats")
+    ap.add_argument("--repeats", type=int, default=5, help="timed steps per case (after warm-up)")
+    ap.add_argument("--workloads", default="fp32,offload")
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "adam.json"))
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+
+    sizes = [1_000_000, 4_000_000] if args.quick else [parse_size(s) for s in args.sizes.split(",")]
+    repeats = 3 if args.quick else args.repeats
+    workloads = [w for w in args.workloads.split(",") if w]
+
+    bw_n = min(max(sizes), 200_000_000)
+    print(f"memory bandwidth ({fmt_n(bw_n)} floats per array) ...", flush=True)
+    bw = spawn("bandwidth", bw_n, max(repeats, 3), args.timeout)
+    limit = max(bw["gbps"].values()) if bw.get("ok") else float("nan")
+    if bw.get("ok"):
+        print("  " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in bw["gbps"].items()))
+
+    rows, skipped = [], {}
+    for n in sizes:
+        for workload in workloads:
+            for impl in CASES[workload]:
+                if impl in skipped:
+                    continue
+                res = spawn(f"{workload}:{impl}", n, repeats, args.timeout)
+                if not res.get("ok"):
+                    reason = res.get("skipped") or res.get("error")
+                    if res.get("skipped"):
+                        skipped[impl] = reason
+                    print(f"  {workload:8s} {fmt_n(n):>5s} {impl:20s} skipped: {reason}")
+                    continue
+                rate = n / res["median_s"]
+                row = {
+                    "workload": workload,
+                    "n": n,
+                    "impl": impl,
+                    **res,
+                    "params_per_s": rate,
+                    "effective_gbps": rate * NOMINAL_BYTES / 1e9,
+                }
+                row["fraction_of_bandwidth"] = row["effective_gbps"] / limit
+                rows.append(row)
+                print(
+                    f"  {workload:8s} {fmt_n(n):>5s} {impl:20s} {res['median_s'] * 1e3:9.1f} ms"
+                    f" {rate / 1e9:6.3f} G params/s {row['effective_gbps']:6.1f} GB/s"
+                    f" ({row['fraction_of_bandwidth']:.0%} of {limit:.1f})",
+                    flush=True,
+                )
+
+    ratios = summarize(rows, sizes, limit)
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus_usable": len(os.sched_getaffinity(0)),
+            "bandwidth_gbps": bw.get("gbps"),
+            "bandwidth_limit_gbps": limit,
+        },
+        "nominal_bytes_per_param": NOMINAL_BYTES,
+        "skipped": skipped,
+        "rows": rows,
+        "ratios": ratios,
+    }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def summarize(rows: list[dict], sizes: list[int], limit: float) -> list[dict]:
+    """tiermem against each peer, per size and workload; printed and returned."""
+    by = {(r["workload"], r["n"], r["impl"]): r for r in rows}
+    out = []
+    print("\nratios (tiermem params/s over peer params/s; >1 is faster):")
+    for n in sizes:
+        for workload, impls in CASES.items():
+            ours = by.get((workload, n, "tiermem"))
+            if not ours:
+                continue
+            entry = {"workload": workload, "n": n}
+            for impl in impls[1:]:
+                peer = by.get((workload, n, impl))
+                if peer:
+                    entry[f"vs_{impl}"] = ours["params_per_s"] / peer["params_per_s"]
+            # honest bytes: with skip_on_overflow the gradient is pre-scanned
+            # (read twice when a thread's chunk exceeds its cache): 30 B, not 28
+            honest = NOMINAL_BYTES + (2 if workload == "offload" else 0)
+            entry["honest_bytes_per_param"] = honest
+            entry["fraction_of_bandwidth_honest"] = ours["params_per_s"] * honest / 1e9 / limit
+            out.append(entry)
+            text = ", ".join(f"{k[3:]} {v:.2f}x" for k, v in entry.items() if k.startswith("vs_"))
+            print(
+                f"  {workload:8s} {fmt_n(n):>5s}: {text}; "
+                f"{entry['fraction_of_bandwidth_honest']:.0%} of bandwidth at {honest} B/param"
+            )
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+/* AVX-512 (F/BW/VL) Adam/AdamW kernels: 16 fp32 lanes, masked tails.
+ *
+ * Compiled with -mavx512f -mavx512bw -mavx512vl -ffp-contract=off; only
+ * called after CPUID says the CPU (and OS) support those. The arithmetic is
+ * adam_scalar.c's, operation for operation. */
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "adam_internal.h"
+
+#define TM_INLINE static inline __attribute__((always_inline))
+
+typedef struct coeff_vectors {
+    __m512 beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps, lr_wd, l2,
+        grad_scale;
+} coeff_vectors;
+
+/* Full loads/stores in the body, masked ones in the tail.
+ * [Note: masked stores are slow on some cores (Zen 4), so the body avoids
+ *  them; `full` is a compile-time constant after inlining.] */
+TM_INLINE __m512 load_f32(const float *p, __mmask16 k, const int full) {
+    return full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(k, p);
+}
+
+TM_INLINE void store_f32(float *p, __m512 x, __mmask16 k, const int full) {
+    if (full)
+        _mm512_storeu_ps(p, x);
+    else
+        _mm512_mask_storeu_ps(p, k, x);
+}
+
+TM_INLINE __m512 load_grad(const void *grad, int64_t i, __mmask16 k, const int full,
+                           const int dtype) {
+    if (dtype == TM_DTYPE_FLOAT32) return load_f32((const float *)grad + i, k, full);
+    const uint16_t *src = (const uint16_t *)grad + i;
+    __m256i h = full ? _mm256_loadu_si256((const __m256i *)src) : _mm256_maskz_loadu_epi16(k, src);
+    if (dtype == TM_DTYPE_BFLOAT16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+/* Round-to-nearest-even fp32 -> bf16 in integer arithmetic (see
+ * tm_f32_to_bf16 for why not VCVTNEPS2BF16). */
+TM_INLINE __m256i f32_to_bf16(__m512 x) {
+    __m512i u = _mm512_castps_si512(x);
+    __m512i upper = _mm512_srli_epi32(u, 16);
+    __m512i lsb = _mm512_and_si512(upper, _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    __m512i quiet = _mm512_or_si512(upper, _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet));
+}
+
+TM_INLINE void store_out(void *out, int64_t i, __m512 x, __mmask16 k, const int full,
+                         const int dtype) {
+    if (dtype == TM_DTYPE_NONE) return;
+    if (dtype == TM_DTYPE_FLOAT32) {
+        store_f32((float *)out + i, x, k, full);
+        return;
+    }
+    __m256i h = dtype == TM_DTYPE_BFLOAT16
+                    ? f32_to_bf16(x)
+                    : _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    uint16_t *dst = (uint16_t *)out + i;
+    if (full)
+        _mm256_storeu_si256((__m256i *)dst, h);
+    else
+        _mm256_mask_storeu_epi16(dst, k, h);
+}
+
+/* 16 elements starting at i; returns the lanes whose scaled gradient is not finite. */
+TM_INLINE __mmask16 adam16(const coeff_vectors *c, const tm_adam_buffers *b, int64_t i,
+                           __mmask16 k, const int full, const int grad_dtype,
+                           const int out_dtype, const int l2_mode,
+                           const int decay_mode) {
+    __m512 g = _mm512_mul_ps(load_grad(b->grad, i, k, full, grad_dtype), c->grad_scale);
+    __mmask16 bad = _mm512_cmp_ps_mask(_mm512_sub_ps(g, g), _mm512_setzero_ps(), _CMP_UNORD_Q);
+    __m512 p = load_f32(b->param + i, k, full);
+    if (l2_mode) g = _mm512_add_ps(g, _mm512_mul_ps(c->l2, p));
+    __m512 m = _mm512_add_ps(_mm512_mul_ps(c->beta1, load_f32(b->exp_avg + i, k, full)),
+                             _mm512_mul_ps(c->one_minus_beta1, g));
+    __m512 v = _mm512_add_ps(_mm512_mul_ps(c->beta2, load_f32(b->exp_avg_sq + i, k, full)),
+                             _mm512_mul_ps(_mm512_mul_ps(c->one_minus_beta2, g), g));
+    __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(v), c->bc2_sqrt), c->eps);
+    __m512 update = _mm512_mul_ps(c->step_size, _mm512_div_ps(m, denom));
+    if (decay_mode) update = _mm512_add_ps(update, _mm512_mul_ps(c->lr_wd, p));
+    p = _mm512_sub_ps(p, update);
+    store_f32(b->exp_avg + i, m, k, full);
+    store_f32(b->exp_avg_sq + i, v, k, full);
+    store_f32(b->param + i, p, k, full);
+    store_out(b->param_out, i, p, k, full, out_dtype);
+    return bad;
+}
+
+TM_INLINE int adam_range(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin,
+                         int64_t end, const int grad_dtype, const int out_dtype,
+                         const int l2_mode, const int decay_mode) {
+    coeff_vectors cv = {
+        _mm512_set1_ps(c->beta1),     _mm512_set1_ps(c->one_minus_beta1),
+        _mm512_set1_ps(c->beta2),     _mm512_set1_ps(c->one_minus_beta2),
+        _mm512_set1_ps(c->step_size), _mm512_set1_ps(c->bc2_sqrt),
+        _mm512_set1_ps(c->eps),       _mm512_set1_ps(c->lr_wd),
+        _mm512_set1_ps(c->l2),        _mm512_set1_ps(c->grad_scale),
+    };
+    __mmask16 bad = 0;
+    int64_t i = begin;
+    for (; i + 16 <= end; i += 16)
+        bad |= adam16(&cv, b, i, 0xFFFF, 1, grad_dtype, out_dtype, l2_mode, decay_mode);
+    if (i < end) {
+        __mmask16 k = (__mmask16)((1u << (end - i)) - 1u);
+        bad |= adam16(&cv, b, i, k, 0, grad_dtype, out_dtype, l2_mode, decay_mode);
+    }
+    return bad != 0;
+}
+
+/* [Note: the dtype and mode switches are resolved here, outside the loop;
+ *  always_inline makes each case its own specialised loop.] */
+TM_INLINE int adam_by_out(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin,
+                          int64_t end, const int grad_dtype, const int l2_mode,
+                          const int decay_mode) {
+    switch (b->out_dtype) {
+    case TM_DTYPE_FLOAT32:
+        return adam_range(c, b, begin, end, grad_dtype, TM_DTYPE_FLOAT32, l2_mode, decay_mode);
+    case TM_DTYPE_BFLOAT16:
+        return adam_range(c, b, begin, end, grad_dtype, TM_DTYPE_BFLOAT16, l2_mode, decay_mode);
+    case TM_DTYPE_FLOAT16:
+        return adam_range(c, b, begin, end, grad_dtype, TM_DTYPE_FLOAT16, l2_mode, decay_mode);
+    default: return adam_range(c, b, begin, end, grad_dtype, TM_DTYPE_NONE, l2_mode, decay_mode);
+    }
+}
+
+TM_INLINE int adam_by_grad(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin,
+                           int64_t end, const int l2_mode, const int decay_mode) {
+    switch (b->grad_dtype) {
+    case TM_DTYPE_BFLOAT16: return adam_by_out(c, b, begin, end, TM_DTYPE_BFLOAT16, l2_mode,
+                           decay_mode);
+    case TM_DTYPE_FLOAT16: return adam_by_out(c, b, begin, end, TM_DTYPE_FLOAT16, l2_mode,
+                           decay_mode);
+    default: return adam_by_out(c, b, begin, end, TM_DTYPE_FLOAT32, l2_mode,
+                           decay_mode);
+    }
+}
+
+static int adam_avx512(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin,
+                       int64_t end) {
+    if (c->l2 != 0.0f) return adam_by_grad(c, b, begin, end, 1, 0);
+    if (c->lr_wd != 0.0f) return adam_by_grad(c, b, begin, end, 0, 1);
+    return adam_by_grad(c, b, begin, end, 0, 0);
+}
+
+TM_INLINE int scan_typed(const void *grad, float scale, int64_t begin, int64_t end,
+                         const int dtype) {
+    __m512 s = _mm512_set1_ps(scale);
+    int64_t i = begin;
+    for (; i + 16 <= end; i += 16) {
+        __m512 g = _mm512_mul_ps(load_grad(grad, i, 0xFFFF, 1, dtype), s);
+        if (_mm512_cmp_ps_mask(_mm512_sub_ps(g, g), _mm512_setzero_ps(), _CMP_UNORD_Q)) return 1;
+    }
+    if (i < end) {
+        __mmask16 k = (__mmask16)((1u << (end - i)) - 1u);
+        __m512 g = _mm512_mul_ps(load_grad(grad, i, k, 0, dtype), s);
+        if (_mm512_cmp_ps_mask(_mm512_sub_ps(g, g), _mm512_setzero_ps(), _CMP_UNORD_Q)) return 1;
+    }
+    return 0;
+}
+
+static int scan_avx512(const void *grad, int dtype, float scale, int64_t begin, int64_t end) {
+    switch (dtype) {
+    case TM_DTYPE_BFLOAT16: return scan_typed(grad, scale, begin, end, TM_DTYPE_BFLOAT16);
+    case TM_DTYPE_FLOAT16: return scan_typed(grad, scale, begin, end, TM_DTYPE_FLOAT16);
+    default: return scan_typed(grad, scale, begin, end, TM_DTYPE_FLOAT32);
+    }
+}
+
+TM_INLINE __m512d sumsq16(__m512d acc, __m512 g) {
+    __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(g));
+    __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(g), 1)));
+    return _mm512_fmadd_pd(hi, hi, _mm512_fmadd_pd(lo, lo, acc));
+}
+
+TM_INLINE double sqnorm_typed(const void *grad, int64_t begin, int64_t end, const int dtype) {
+    /* two accumulators so consecutive FMAs do not wait on each other */
+    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+    int64_t i = begin;
+    for (; i + 32 <= end; i += 32) {
+        acc0 = sumsq16(acc0, load_grad(grad, i, 0xFFFF, 1, dtype));
+        acc1 = sumsq16(acc1, load_grad(grad, i + 16, 0xFFFF, 1, dtype));
+    }
+    for (; i < end; i += 16) {
+        int64_t left = end - i;
+        __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        acc0 = sumsq16(acc0, load_grad(grad, i, k, 0, dtype));
+    }
+    return _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
+}
+
+static double sqnorm_avx512(const void *grad, int dtype, int64_t begin, int64_t end) {
+    switch (dtype) {
+    case TM_DTYPE_BFLOAT16: return sqnorm_typed(grad, begin, end, TM_DTYPE_BFLOAT16);
+    case TM_DTYPE_FLOAT16: return sqnorm_typed(grad, begin, end, TM_DTYPE_FLOAT16);
+    default: return sqnorm_typed(grad, begin, end, TM_DTYPE_FLOAT32);
+    }
+}
+
+const tm_adam_kernels tm_adam_kernels_avx512 = {
+    .name = "avx512",
+    .adam = adam_avx512,
+    .scan = scan_avx512,
+    .sqnorm = sqnorm_avx512,
+};

@@ -1,0 +1,75 @@
+/* Internal interface between the Adam front end (adam.c), its worker pool
+ * (adam_pool.c) and the per-ISA kernels (adam_scalar.c, adam_avx2.c,
+ * adam_avx512.c). Not installed. */
+#ifndef TIERMEM_ADAM_INTERNAL_H
+#define TIERMEM_ADAM_INTERNAL_H
+#include <stdint.h>
+
+#include "tiermem_adam.h"
+
+/* Per-step coefficients, computed once in double and rounded to float.
+ *
+ * [Note: 1 - beta2 is formed in double before rounding: (float)(1 - 0.999)
+ *  is 0.001 to within half an ulp, whereas 1 - 0.999f is off by 1.3e-5
+ *  relative, which alone would break a 1e-6 bound against a float64
+ *  reference. torch does the same (the Python float becomes the scalar).] */
+/* [Note: AdamW's decay is applied as p - (lr*wd*p + adam_update), not as
+ *  torch's p * (1 - lr*wd) followed by the update: rounding 1 - lr*wd to fp32
+ *  costs up to 6e-8 * |p|, which is ~1e-3 of the decay itself (lr*wd ~ 1e-5)
+ *  and can exceed the whole Adam update's error budget. lr*wd as a float is
+ *  accurate to 6e-8 of the decay, and p is rounded once.] */
+typedef struct tm_adam_coeffs {
+    float beta1;
+    float one_minus_beta1;
+    float beta2;
+    float one_minus_beta2;
+    float step_size;    /* lr / (1 - beta1^step) */
+    float bc2_sqrt;     /* sqrt(1 - beta2^step) */
+    float eps;
+    float lr_wd;        /* AdamW: lr * weight_decay (decoupled decay); Adam: 0 */
+    float l2;           /* Adam: weight_decay (added to the gradient); AdamW: 0 */
+    float grad_scale;   /* inv_loss_scale * clip_coef */
+} tm_adam_coeffs;
+
+typedef struct tm_adam_buffers {
+    float *param;
+    float *exp_avg;
+    float *exp_avg_sq;
+    const void *grad;
+    int grad_dtype;     /* tm_dtype */
+    void *param_out;    /* NULL when out_dtype is TM_DTYPE_NONE */
+    int out_dtype;
+} tm_adam_buffers;
+
+/* One ISA's kernels. Each works on elements [begin, end) of its buffers.
+ *
+ * [Note: every kernel set performs the same float operations in the same
+ *  order, and kernel files are compiled with -ffp-contract=off, so the Adam
+ *  results are bit-identical across ISAs and the scalar file is an exact
+ *  oracle. Only grad_sqnorm's summation order differs.] */
+typedef struct tm_adam_kernels {
+    const char *name;
+    /* Update; returns 1 if a non-finite scaled gradient was seen, else 0. */
+    int (*adam)(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin, int64_t end);
+    /* Returns 1 if any grad * scale in [begin, end) is inf or NaN, else 0. */
+    int (*scan)(const void *grad, int grad_dtype, float scale, int64_t begin, int64_t end);
+    /* Sum of squares in double. */
+    double (*sqnorm)(const void *grad, int grad_dtype, int64_t begin, int64_t end);
+} tm_adam_kernels;
+
+extern const tm_adam_kernels tm_adam_kernels_scalar;
+#if defined(__x86_64__)
+extern const tm_adam_kernels tm_adam_kernels_avx2;
+extern const tm_adam_kernels tm_adam_kernels_avx512;
+#endif
+
+/* The persistent worker pool (adam_pool.c). fn(ctx, index, count) runs for
+ * every index 0..count-1, index 0 on the calling thread, and returns when all
+ * are done; with count above the pool size a thread runs several indices.
+ * Calls are serialised. */
+typedef void (*tm_pool_fn)(void *ctx, int index, int count);
+int tm_pool_run(int count, tm_pool_fn fn, void *ctx);
+int tm_pool_size(void);
+int tm_pool_resize(int n);
+
+#endif
