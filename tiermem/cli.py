@@ -206,6 +206,54 @@ def _print_bench(result: dict) -> None:
         print('"aio": ' + json.dumps(result["aio_config"]["aio"], indent=2))
 
 
+# ---- tiermem doctor ----
+
+
+def _add_doctor(sub) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="check this machine for offload: library, SIMD, io_uring, O_DIRECT, pinning, GPU",
+        description="Check that this machine is ready for offload and say how to fix what is not.",
+    )
+    p.add_argument(
+        "directory",
+        nargs="?",
+        default=".",
+        type=Path,
+        help="the offload (nvme_path) directory to check (default: the current directory)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON (schema tiermem.doctor/1)")
+    p.set_defaults(func=_run_doctor)
+
+
+def _run_doctor(args) -> int:
+    from tiermem import doctor
+
+    findings = doctor.run(args.directory.resolve())
+    if args.json:
+        print(json.dumps(doctor.to_json(findings), indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        style = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+        table = Table(box=None, pad_edge=False, show_header=False)
+        table.add_column(no_wrap=True)
+        table.add_column(no_wrap=True)
+        table.add_column(overflow="fold")
+        for f in findings:
+            s = f.status.value
+            table.add_row(f"[{style[s]}]{s.upper():<4}[/]", f.check, f.detail)
+            if f.fix:
+                table.add_row("", "", f"[dim]fix:[/] {f.fix}")
+        Console(width=max(100, Console().width)).print(table)
+    failed = [f.check for f in findings if f.status is doctor.Status.FAIL]
+    if failed:
+        print(f"tiermem doctor: failed: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 # ---- entry point ----
 
 
@@ -219,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tiermem {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_bench(sub)
+    _add_doctor(sub)
     return parser
 
 
