@@ -19,7 +19,7 @@ import cffi
 
 LIBRARY_NAME = "libtiermem_native.so"
 # Headers in dependency order; a header that a later component adds is listed here.
-HEADERS = ("tiermem_aio.h", "tiermem_buffers.h", "tiermem_adam.h")
+HEADERS = ("tiermem_aio.h", "tiermem_buffers.h", "tiermem_adam.h", "tiermem_checksum.h")
 
 REBUILD_HINT = (
     "rebuild it with `pip install -e .` (or `pip install .`) from the tiermem source tree, "
