@@ -1,0 +1,154 @@
+"""The recorded access schedule: what the caller fetches, in which order.
+
+The first pass between :meth:`PrefetchSchedule.begin_pass` and
+:meth:`~PrefetchSchedule.end_pass` records every ``(name, tier)`` fetched;
+later passes replay it. While replaying, the store looks ahead with
+:meth:`~PrefetchSchedule.upcoming` to prefetch and asks
+:meth:`~PrefetchSchedule.next_use` to evict the copy needed farthest in the
+future (Belady's rule, as PatrickStar does with its chunk schedule). A fetch
+that differs from the recording warns once, drops the schedule (the store falls
+back to LRU and stops prefetching) and the next pass records anew.
+"""
+
+from __future__ import annotations
+
+import bisect
+import warnings
+from collections.abc import Iterator
+
+from tiermem.store.errors import StoreError, StoreScheduleWarning
+from tiermem.store.states import SCHEDULE_TRANSITIONS, ScheduleState, TierKind
+
+Key = tuple[str, TierKind]
+
+
+class PrefetchSchedule:
+    """Record / complete / replay / invalidate an ordered list of fetches."""
+
+    def __init__(self) -> None:
+        self.state = ScheduleState.EMPTY
+        self.entries: list[Key] = []
+        self.position = 0  # index of the next expected fetch while replaying
+        self.in_pass = False
+        self.passes_recorded = 0
+        self.invalidations = 0
+        self._uses: dict[Key, list[int]] = {}
+
+    # ---- state ----
+    def _move(self, new: ScheduleState) -> None:
+        if new not in SCHEDULE_TRANSITIONS[self.state]:
+            raise StoreError(f"schedule: {self.state.name} -> {new.name} is not allowed")
+        self.state = new
+
+    @property
+    def usable(self) -> bool:
+        """True when a complete recording exists (prefetch and next-use eviction apply)."""
+        return self.state in (ScheduleState.COMPLETE, ScheduleState.REPLAYING)
+
+    @property
+    def replaying(self) -> bool:
+        return self.state is ScheduleState.REPLAYING
+
+    def begin_pass(self) -> None:
+        """Start a pass: record if there is no schedule, else replay it."""
+        if self.in_pass:
+            raise StoreError("begin_pass() called twice without end_pass()")
+        self.in_pass = True
+        if self.state is ScheduleState.EMPTY:
+            self._move(ScheduleState.RECORDING)
+            self.entries = []
+            self._uses = {}
+        elif self.state is ScheduleState.COMPLETE:
+            self._move(ScheduleState.REPLAYING)
+        self.position = 0
+
+    def end_pass(self) -> bool:
+        """End a pass; False when it diverged (ended early) from the recording."""
+        if not self.in_pass:
+            raise StoreError("end_pass() called without begin_pass()")
+        self.in_pass = False
+        if self.state is ScheduleState.RECORDING:
+            self._move(ScheduleState.COMPLETE)
+            self.passes_recorded += 1
+        elif self.state is ScheduleState.REPLAYING:
+            if self.position != len(self.entries):
+                self.invalidate(
+                    f"the pass ended after {self.position} of the {len(self.entries)} "
+                    "recorded fetches"
+                )
+                return False
+            self._move(ScheduleState.COMPLETE)
+        self.position = 0
+        return True
+
+    def invalidate(self, reason: str) -> None:
+        """Drop the schedule with one :class:`StoreScheduleWarning`."""
+        warnings.warn(
+            StoreScheduleWarning(
+                f"access schedule invalidated: {reason}; prefetch is off and eviction is LRU "
+                "until the next pass records a new schedule"
+            ),
+            stacklevel=4,
+        )
+        self.invalidations += 1
+        self._move(ScheduleState.EMPTY)
+        self.entries = []
+        self._uses = {}
+        self.position = 0
+
+    # ---- fetches ----
+    def observe(self, key: Key) -> bool:
+        """Note a fetch. Records it, or checks it against the recording.
+
+        Returns False when the fetch diverged (the schedule is then invalid).
+        """
+        if not self.in_pass:
+            return True
+        if self.state is ScheduleState.RECORDING:
+            self._uses.setdefault(key, []).append(len(self.entries))
+            self.entries.append(key)
+            return True
+        if self.state is ScheduleState.REPLAYING:
+            pos = self.position
+            if pos < len(self.entries) and self.entries[pos] == key:
+                self.position = pos + 1
+                return True
+            expected = (
+                f"{self.entries[pos][0]!r} in {self.entries[pos][1].name}"
+                if pos < len(self.entries)
+                else "the end of the pass"
+            )
+            self.invalidate(
+                f"fetch #{pos} was {key[0]!r} in {key[1].name}, the recording has {expected}"
+            )
+            return False
+        return True
+
+    def upcoming(self, limit: int | None = None) -> Iterator[tuple[int, Key]]:
+        """(distance, key) of the fetches after the current position, one cycle at most.
+
+        Distance 0 is the next fetch. Past the end of the pass the recording
+        starts over (the next pass repeats it).
+        """
+        if not self.usable or not self.entries:
+            return
+        n = len(self.entries)
+        count = n if limit is None else min(n, limit)
+        for d in range(count):
+            yield d, self.entries[(self.position + d) % n]
+
+    def next_use(self, key: Key) -> int | None:
+        """Fetches until ``key`` is fetched again (0: next); None if never."""
+        if not self.usable:
+            return None
+        uses = self._uses.get(key)
+        if not uses:
+            return None
+        n = len(self.entries)
+        i = bisect.bisect_left(uses, self.position)
+        if i < len(uses):
+            return uses[i] - self.position
+        return n - self.position + uses[0]
+
+    def __len__(self) -> int:
+        return len(self.entries)
