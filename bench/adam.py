@@ -13,11 +13,19 @@ case inherits another's page-cache, allocator or thread-pool state):
 A memory-bandwidth measurement (copy, in-place scale, triad) runs in the
 same invocation, so each figure is also a fraction of this machine's limit.
 
+``--interleaved`` measures differently: per size and workload, one process
+builds every tool's buffers (parameters and gradients shared, so 400M fits),
+then the tools take turns, one step each, round after round with a short
+sleep between turns and the order rotated each round. A drift of the
+machine's speed (other jobs, frequency) then hits every tool alike; the
+report gives medians, the median of the per-round ratios, and the spread.
+
 Usage::
 
     .venv/bin/python bench/adam.py                      # 10M, 100M, 400M
     .venv/bin/python bench/adam.py --quick              # small sizes
     .venv/bin/python bench/adam.py --sizes 50M --repeats 7 --json /tmp/adam.json
+    .venv/bin/python bench/adam.py --interleaved --rounds 21 --impls tiermem,torch_fused,deepspeed
 """
 
 from __future__ import annotations
@@ -64,25 +72,46 @@ def deepspeed_adam():
 # ---------------------------------------------------------------- workers --
 
 
-def _tensors(n: int, grad_dtype):
+def _tensors(n: int, grad_dtype, shared: dict | None = None):
+    """Parameters and gradient; with ``shared``, made once and reused by every tool."""
     import torch
 
+    key = ("p_g", n, grad_dtype)
+    if shared is not None and key in shared:
+        return shared[key]
     p = torch.empty(n).uniform_(-1, 1)
     g = torch.empty(n).normal_().to(grad_dtype)
+    if shared is not None:
+        shared[key] = (p, g)
     return p, g
 
 
-def _make_step(workload: str, impl: str, n: int):
-    """Build the buffers for one case; return a zero-argument step function."""
+def _scratch(name: str, n: int, dtype, shared: dict | None):
+    """A scratch buffer (bf16 copy, fp32 gradient) that tools may share."""
+    import torch
+
+    if shared is None:
+        return torch.empty(n, dtype=dtype)
+    return shared.setdefault((name, n, dtype), torch.empty(n, dtype=dtype))
+
+
+def _make_step(workload: str, impl: str, n: int, shared: dict | None = None):
+    """Build the buffers for one case; return a zero-argument step function.
+
+    [Note: with ``shared`` (the interleaved mode) all tools update the same
+     parameter tensor from the same gradient; only optimizer states are per
+     tool. The values drift differently than in a lone run, which does not
+     change the time of a memory-bound step.]
+    """
     import torch
 
     if impl.startswith("tiermem"):
         from tiermem import adam
 
         grad_dtype = torch.float32 if workload == "fp32" else torch.bfloat16
-        p, g = _tensors(n, grad_dtype)
+        p, g = _tensors(n, grad_dtype, shared)
         m, v = torch.full((n,), 0.01), torch.full((n,), 1e-4)
-        out = torch.empty(n, dtype=torch.bfloat16) if workload == "offload" else None
+        out = _scratch("out", n, torch.bfloat16, shared) if workload == "offload" else None
         state = {"step": 0}
 
         def step():
@@ -114,18 +143,18 @@ def _make_step(workload: str, impl: str, n: int):
         )
 
     if workload == "fp32":
-        p, g = _tensors(n, torch.float32)
+        p, g = _tensors(n, torch.float32, shared)
         param = torch.nn.Parameter(p)
         param.grad = g
         opt = make_opt([param])
         return opt.step
 
     # offload, composed from torch ops around the optimizer
-    p, g16 = _tensors(n, torch.bfloat16)
+    p, g16 = _tensors(n, torch.bfloat16, shared)
     param = torch.nn.Parameter(p)
     opt = make_opt([param])
-    out = torch.empty(n, dtype=torch.bfloat16)
-    grad32 = torch.empty(n)
+    out = _scratch("out", n, torch.bfloat16, shared)
+    grad32 = _scratch("grad32", n, torch.float32, shared)
     param.grad = grad32
 
     def step():
@@ -184,10 +213,49 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def run_interleaved(
+    workload: str, impls: list[str], n: int, rounds: int, sleep_s: float, warm_steps: int
+) -> dict:
+    """Every tool in one process, one timed step each per round, order rotated.
+
+    Each turn is: sleep, ``warm_steps`` untimed steps, one timed step.
+    Returns per-tool step times (or the reason a tool was skipped).
+
+    [Note: the untimed step per turn wakes the tool's threads (OpenMP's for
+     torch and DeepSpeed, our pool's) after the sleep, so no tool is charged
+     for a wake-up the others avoid by luck of scheduling.]
+    """
+    shared: dict = {}
+    steps, skipped = {}, {}
+    for impl in impls:
+        try:
+            steps[impl] = _make_step(workload, impl, n, shared)
+        except ImportError as exc:
+            skipped[impl] = str(exc)
+            continue
+        steps[impl]()  # warm-up: first touch, optimizer state allocation
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)] if names else []
+        for name in order:
+            time.sleep(sleep_s)
+            for _ in range(warm_steps):
+                steps[name]()
+            times[name].append(_timed(steps[name]))
+    return {"seconds": times, "skipped": skipped}
+
+
 def worker_main(args: argparse.Namespace) -> int:
     try:
         if args.worker == "bandwidth":
             res = {"ok": True, "gbps": run_bandwidth(args.n, args.repeats)}
+        elif args.worker.startswith("interleaved:"):
+            _, workload, impls = args.worker.split(":")
+            run = run_interleaved(
+                workload, impls.split(","), args.n, args.repeats, args.sleep, args.warm_steps
+            )
+            res = {"ok": True, **run}
         else:
             workload, impl = args.worker.split(":")
             res = {"ok": True, **run_case(workload, impl, args.n, args.repeats)}
@@ -200,8 +268,11 @@ def worker_main(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------- parent --
 
 
-def spawn(worker: str, n: int, repeats: int, timeout: float) -> dict:
+def spawn(
+    worker: str, n: int, repeats: int, timeout: float, sleep_s: float = 0.0, warm_steps: int = 0
+) -> dict:
     cmd = [sys.executable, __file__, "--worker", worker, "--n", str(n), "--repeats", str(repeats)]
+    cmd += ["--sleep", str(sleep_s), "--warm-steps", str(warm_steps)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -224,6 +295,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", default="fp32,offload")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "adam.json"))
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
+    ap.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="all tools in one process per size and workload, taking turns round after round",
+    )
+    ap.add_argument("--rounds", type=int, default=15, help="--interleaved: rounds (one step each)")
+    ap.add_argument(
+        "--sleep", type=float, default=0.05, help="--interleaved: seconds between turns"
+    )
+    ap.add_argument(
+        "--warm-steps",
+        type=int,
+        default=1,
+        help="--interleaved: untimed steps before each timed one",
+    )
+    ap.add_argument(
+        "--impls", default="", help="comma-separated tools to run (default: all of each workload)"
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -233,6 +322,17 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [1_000_000, 4_000_000] if args.quick else [parse_size(s) for s in args.sizes.split(",")]
     repeats = 3 if args.quick else args.repeats
     workloads = [w for w in args.workloads.split(",") if w]
+    for w in workloads:
+        if w not in CASES:
+            ap.error(f"--workloads: unknown workload {w!r}; expected some of {sorted(CASES)}")
+    wanted = [i for i in args.impls.split(",") if i]
+    known = {i for impls in CASES.values() for i in impls}
+    for i in wanted:
+        if i not in known:
+            ap.error(f"--impls: unknown tool {i!r}; expected some of {sorted(known)}")
+    if args.rounds < 1 or args.sleep < 0 or args.warm_steps < 0:
+        ap.error("--rounds must be >= 1, --sleep >= 0 and --warm-steps >= 0")
+    cases = {w: [i for i in CASES[w] if not wanted or i in wanted] for w in workloads}
 
     bw_n = min(max(sizes), 200_000_000)
     print(f"memory bandwidth ({fmt_n(bw_n)} floats per array) ...", flush=True)
@@ -241,10 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     if bw.get("ok"):
         print("  " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in bw["gbps"].items()))
 
+    if args.interleaved:
+        return interleaved_main(args, sizes, cases, bw, limit)
+
     rows, skipped = [], {}
     for n in sizes:
         for workload in workloads:
-            for impl in CASES[workload]:
+            for impl in cases[workload]:
                 if impl in skipped:
                     continue
                 res = spawn(f"{workload}:{impl}", n, repeats, args.timeout)
@@ -282,6 +385,106 @@ def main(argv: list[str] | None = None) -> int:
         },
         "nominal_bytes_per_param": NOMINAL_BYTES,
         "skipped": skipped,
+        "rows": rows,
+        "ratios": ratios,
+    }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    ys = sorted(xs)
+    pos = q * (len(ys) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ys) - 1)
+    return ys[lo] + (ys[hi] - ys[lo]) * (pos - lo)
+
+
+def interleaved_main(
+    args: argparse.Namespace, sizes: list[int], cases: dict, bw: dict, limit
+) -> int:
+    """The --interleaved mode: one process per size and workload; see the module docstring."""
+    rows, ratios = [], []
+    print(
+        f"interleaved: {args.rounds} rounds, {args.sleep:g} s sleep + {args.warm_steps}"
+        " untimed step(s) before each timed step, order rotated"
+    )
+    for n in sizes:
+        for workload, impls in cases.items():
+            worker = f"interleaved:{workload}:{','.join(impls)}"
+            res = spawn(
+                worker, n, args.rounds, args.timeout * len(impls), args.sleep, args.warm_steps
+            )
+            if not res.get("ok"):
+                print(f"  {workload:8s} {fmt_n(n):>5s} failed: {res.get('error')}")
+                continue
+            for impl, reason in res["skipped"].items():
+                print(f"  {workload:8s} {fmt_n(n):>5s} {impl:20s} skipped: {reason}")
+            times = res["seconds"]
+            for impl, ts in times.items():
+                med = statistics.median(ts)
+                spread = (_quantile(ts, 0.9) - _quantile(ts, 0.1)) / med
+                rate = n / med
+                row = {
+                    "workload": workload,
+                    "n": n,
+                    "impl": impl,
+                    "seconds": ts,
+                    "median_s": med,
+                    "best_s": min(ts),
+                    "p10_p90_spread": spread,
+                    "params_per_s": rate,
+                    "effective_gbps": rate * NOMINAL_BYTES / 1e9,
+                    "fraction_of_bandwidth": rate * NOMINAL_BYTES / 1e9 / limit,
+                }
+                rows.append(row)
+                print(
+                    f"  {workload:8s} {fmt_n(n):>5s} {impl:20s} {med * 1e3:9.1f} ms"
+                    f" {rate / 1e9:6.3f} G params/s {row['effective_gbps']:6.1f} GB/s"
+                    f" ({row['fraction_of_bandwidth']:.0%} of {limit:.1f});"
+                    f" p10-p90 spread {spread:.0%}",
+                    flush=True,
+                )
+            ours = times.get("tiermem")
+            if not ours:
+                continue
+            entry = {"workload": workload, "n": n}
+            parts = []
+            for impl, ts in times.items():
+                if impl == "tiermem":
+                    continue
+                per_round = [t / o for o, t in zip(ours, ts, strict=True)]
+                entry[f"vs_{impl}"] = statistics.median(ts) / statistics.median(ours)
+                entry[f"vs_{impl}_per_round_median"] = statistics.median(per_round)
+                entry[f"vs_{impl}_per_round_p10_p90"] = [
+                    _quantile(per_round, 0.1),
+                    _quantile(per_round, 0.9),
+                ]
+                lo, hi = entry[f"vs_{impl}_per_round_p10_p90"]
+                mid = entry[f"vs_{impl}_per_round_median"]
+                parts.append(
+                    f"{impl} {entry[f'vs_{impl}']:.3f}x"
+                    f" (per round {mid:.3f}x, p10-p90 {lo:.2f}-{hi:.2f})"
+                )
+            ratios.append(entry)
+            print(f"  -> {workload} {fmt_n(n)}: tiermem vs " + "; ".join(parts), flush=True)
+
+    result = {
+        "mode": "interleaved",
+        "rounds": args.rounds,
+        "sleep_s": args.sleep,
+        "warm_steps": args.warm_steps,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus_usable": len(os.sched_getaffinity(0)),
+            "loadavg_at_end": os.getloadavg(),
+            "bandwidth_gbps": bw.get("gbps"),
+            "bandwidth_limit_gbps": limit,
+        },
+        "nominal_bytes_per_param": NOMINAL_BYTES,
         "rows": rows,
         "ratios": ratios,
     }
