@@ -7,8 +7,12 @@ from tiermem.store.errors import (
     StoreScheduleWarning,
 )
 from tiermem.store.states import IllegalTransition, Residency, TierKind
+from tiermem.store.store import FetchHandle, StoreConfig, TensorStore
 
 __all__ = [
+    "FetchHandle",
+    "StoreConfig",
+    "TensorStore",
     "IllegalTransition",
     "Residency",
     "StoreBudgetError",
