@@ -481,7 +481,8 @@ class WarmupLRParams(SchedulerParams):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WarmupDecayLRParams(WarmupLRParams):
-    """``WarmupDecayLR``: WarmupLR, then linear decay to 0 at ``total_num_steps``."""
+    """``WarmupDecayLR``: WarmupLR, then linear decay back to ``warmup_min_lr`` at
+    ``total_num_steps``."""
 
     total_num_steps: int | Auto = setting(kind="int", lo=1, auto=True)
 
