@@ -129,9 +129,38 @@ class ExtentAllocator:
 # paths, permissions, stale files
 
 
+def _unsafe_dir(target: Path) -> Path | None:
+    """The first directory at or above ``target`` through which another user
+    could replace it, or None.
+
+    [Note: a directory others can write is unsafe unless it is sticky (like
+    /tmp) and the entry below it belongs to us or root; the target itself must
+    not be writable by others at all.]
+    """
+    uid = os.getuid()
+    child: Path | None = None
+    for d in (target, *target.parents):
+        try:
+            ds = os.stat(d)
+        except OSError:
+            child = d
+            continue
+        if stat.S_ISDIR(ds.st_mode) and ds.st_mode & stat.S_IWOTH:
+            if child is None or not ds.st_mode & stat.S_ISVTX:
+                return d
+            try:
+                owner = os.stat(child).st_uid
+            except OSError:
+                return d
+            if owner not in (uid, 0):
+                return d
+        child = d
+    return None
+
+
 def check_swap_path(path: str | os.PathLike) -> Path:
     """The absolute swap directory, or StoreError if it is, or passes through,
-    a symlink into a directory that others can write."""
+    a symlink into a directory that other users can write."""
     p = Path(os.path.abspath(os.fspath(path)))
     cur = Path(p.parts[0])
     for part in p.parts[1:]:
@@ -143,16 +172,12 @@ def check_swap_path(path: str | os.PathLike) -> Path:
         if not stat.S_ISLNK(st.st_mode):
             continue
         target = Path(os.path.realpath(cur))
-        for d in (target, *target.parents):
-            try:
-                ds = os.stat(d)
-            except OSError:
-                continue
-            if stat.S_ISDIR(ds.st_mode) and ds.st_mode & stat.S_IWOTH:
-                raise StoreError(
-                    f"swap path {p}: {cur} is a symlink to {target}, inside {d} which other "
-                    "users can write; refusing it (give a private directory's real path)"
-                )
+        bad = _unsafe_dir(target)
+        if bad is not None:
+            raise StoreError(
+                f"swap path {p}: {cur} is a symlink to {target}, inside {bad} which other "
+                "users can write; refusing it (give a private directory's real path)"
+            )
     return p
 
 
