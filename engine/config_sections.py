@@ -24,7 +24,6 @@ from tiermem.engine.config_base import (
     collect_keys,
     expect_mapping,
     join_path,
-    parse_section,
     setting,
     unknown_key_error,
 )
@@ -555,7 +554,6 @@ class SchedulerConfig(Section):
 
 
 __all__ = [
-    "AUTO",
     "ActivationCheckpointingConfig",
     "AioSectionConfig",
     "BF16Config",
@@ -569,5 +567,4 @@ __all__ = [
     "WarmupDecayLRParams",
     "WarmupLRParams",
     "ZeroConfig",
-    "parse_section",
 ]
