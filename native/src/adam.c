@@ -154,38 +154,83 @@ static int plan_threads(int64_t n, int cap, int64_t *chunk) {
     return (int)((n + c - 1) / c);
 }
 
+/* One thread's range of blocks; `next` is claimed with atomic adds by its
+ * owner and, once they are done with their own, by the other threads. */
+typedef struct block_cursor {
+    int64_t next;
+    int64_t end;
+    char pad[64 - 2 * sizeof(int64_t)]; /* one cache line each */
+} block_cursor;
+
+/* [Note: the update and the overflow scan hand out work in blocks of at most
+ *  TM_BLOCK elements. Thread i first works through its own contiguous range
+ *  (the i-th of `count`), then claims blocks left in the other threads'
+ *  ranges. On a machine shared with other jobs one of our threads is often
+ *  descheduled for a while; with fixed chunks the whole step waited for it,
+ *  now the running threads finish its range. The own-range-first order keeps
+ *  the scan and the update of a block on the same core (its gradient stays in
+ *  that core's L2 between them) whenever no thread falls behind. Each element
+ *  is still updated exactly once, so results do not depend on the schedule.] */
+#define TM_BLOCK (64 * 1024)
+#define TM_STACK_CURSORS 64
+
 typedef struct adam_job {
     const tm_adam_kernels *kernels;
     const tm_adam_coeffs *coeffs;
     const tm_adam_buffers *buffers;
     int64_t n;
-    int64_t chunk;
-    int found_nonfinite; /* atomic: set by any thread */
+    int64_t block;          /* elements per block, a multiple of TM_CHUNK_ALIGN */
+    block_cursor *cursors;  /* one per share */
+    int found_nonfinite;    /* atomic: set by any thread */
 } adam_job;
 
-static void chunk_range(const adam_job *job, int index, int64_t *begin, int64_t *end) {
-    *begin = (int64_t)index * job->chunk;
-    *end = *begin + job->chunk < job->n ? *begin + job->chunk : job->n;
+/* Blocks of at most TM_BLOCK elements, at least four per thread when n allows
+ * (so a fast thread has something to take), split into count ranges. */
+static void plan_blocks(adam_job *job, int count) {
+    int64_t per = (job->n + (int64_t)count * 4 - 1) / ((int64_t)count * 4);
+    per = (per + TM_CHUNK_ALIGN - 1) / TM_CHUNK_ALIGN * TM_CHUNK_ALIGN;
+    job->block = per < TM_BLOCK ? per : TM_BLOCK;
+    if (count == 1) job->block = job->n; /* nobody to share with: one call */
+    int64_t blocks = (job->n + job->block - 1) / job->block;
+    for (int i = 0; i < count; i++) {
+        job->cursors[i].next = blocks * i / count;
+        job->cursors[i].end = blocks * (i + 1) / count;
+    }
+}
+
+/* The next unclaimed block for share `index` (own range first, then the
+ * others' in turn); returns 0 when none is left. */
+static int claim_block(adam_job *job, int index, int count, int *range, int64_t *begin,
+                       int64_t *end) {
+    for (; *range < count; (*range)++) {
+        block_cursor *c = &job->cursors[(index + *range) % count];
+        if (__atomic_load_n(&c->next, __ATOMIC_RELAXED) >= c->end) continue;
+        int64_t b = __atomic_fetch_add(&c->next, 1, __ATOMIC_RELAXED);
+        if (b >= c->end) continue;
+        *begin = b * job->block;
+        *end = *begin + job->block < job->n ? *begin + job->block : job->n;
+        return 1;
+    }
+    return 0;
 }
 
 static void run_update(void *ctx, int index, int count) {
     adam_job *job = ctx;
     int64_t begin, end;
-    chunk_range(job, index, &begin, &end);
-    if (begin >= end) return;
-    if (job->kernels->adam(job->coeffs, job->buffers, begin, end))
-        __atomic_store_n(&job->found_nonfinite, 1, __ATOMIC_RELAXED);
+    int range = 0, nonfinite = 0;
+    while (claim_block(job, index, count, &range, &begin, &end))
+        nonfinite |= job->kernels->adam(job->coeffs, job->buffers, begin, end);
+    if (nonfinite) __atomic_store_n(&job->found_nonfinite, 1, __ATOMIC_RELAXED);
 }
 
 static void run_scan(void *ctx, int index, int count) {
     adam_job *job = ctx;
-    int64_t begin, end;
-    chunk_range(job, index, &begin, &end);
     const tm_adam_buffers *b = job->buffers;
-    for (int64_t s = begin; s < end; s += TM_SCAN_BLOCK) {
+    int64_t begin, end;
+    int range = 0;
+    while (claim_block(job, index, count, &range, &begin, &end)) {
         if (__atomic_load_n(&job->found_nonfinite, __ATOMIC_RELAXED)) return;
-        int64_t e = s + TM_SCAN_BLOCK < end ? s + TM_SCAN_BLOCK : end;
-        if (job->kernels->scan(b->grad, b->grad_dtype, job->coeffs->grad_scale, s, e)) {
+        if (job->kernels->scan(b->grad, b->grad_dtype, job->coeffs->grad_scale, begin, end)) {
             __atomic_store_n(&job->found_nonfinite, 1, __ATOMIC_RELAXED);
             return;
         }
@@ -225,6 +270,8 @@ static void make_coeffs(const tm_adam_config *cfg, tm_adam_coeffs *c) {
     c->grad_scale = (float)(cfg->inv_loss_scale * cfg->clip_coef);
 }
 
+static int run_step(const tm_adam_config *cfg, adam_job *job, int count, int *overflow);
+
 int tm_adam_step(const tm_adam_config *cfg, int64_t n, float *param, float *exp_avg,
                  float *exp_avg_sq, const void *grad, int grad_dtype, void *param_out,
                  int out_dtype, int *overflow) {
@@ -251,28 +298,46 @@ int tm_adam_step(const tm_adam_config *cfg, int64_t n, float *param, float *exp_
         .param_out = out_dtype == TM_DTYPE_NONE ? NULL : param_out,
         .out_dtype = out_dtype,
     };
-    adam_job job = {.kernels = kernels, .coeffs = &coeffs, .buffers = &buffers, .n = n};
-    int count = plan_threads(n, cfg->threads, &job.chunk);
+    int64_t chunk;
+    int count = plan_threads(n, cfg->threads, &chunk);
+    block_cursor stack_cursors[TM_STACK_CURSORS];
+    block_cursor *cursors = stack_cursors;
+    if (count > TM_STACK_CURSORS) {
+        cursors = malloc((size_t)count * sizeof *cursors);
+        if (!cursors) return -ENOMEM;
+    }
+    adam_job job = {
+        .kernels = kernels, .coeffs = &coeffs, .buffers = &buffers, .n = n, .cursors = cursors};
+    rc = run_step(cfg, &job, count, overflow);
+    if (cursors != stack_cursors) free(cursors);
+    return rc;
+}
+
+static int run_step(const tm_adam_config *cfg, adam_job *job, int count, int *overflow) {
+    int rc;
 
     /* [Note: skip_on_overflow must leave *everything* untouched, so every
      *  gradient element has to be checked before the first write. The scan
      *  reads only the gradient (2 bytes per element for bf16, against the
-     *  28 the update moves), each thread the chunk it then updates; when a
-     *  chunk's gradient fits in the core's L2 (calls of up to ~0.5M elements
-     *  per thread, the engine's tile sizes) the update reads it from cache
+     *  28 the update moves), each thread the blocks it then updates (its own
+     *  range, unless a thread fell behind); when a range's gradient fits in
+     *  the core's L2 (calls of up to ~0.5M elements per thread, the engine's
+     *  tile sizes) the update reads it from cache
      *  and the step is still one pass over memory. Without skip the update
      *  checks in-line and only reports.] */
     if (cfg->skip_on_overflow) {
-        rc = tm_pool_run(count, run_scan, &job);
+        plan_blocks(job, count);
+        rc = tm_pool_run(count, run_scan, job);
         if (rc) return rc;
-        if (job.found_nonfinite) {
+        if (job->found_nonfinite) {
             if (overflow) *overflow = 1;
             return 0;
         }
     }
-    rc = tm_pool_run(count, run_update, &job);
+    plan_blocks(job, count);
+    rc = tm_pool_run(count, run_update, job);
     if (rc) return rc;
-    if (overflow) *overflow = job.found_nonfinite;
+    if (overflow) *overflow = job->found_nonfinite;
     return 0;
 }
 
