@@ -263,7 +263,7 @@ static void make_coeffs(const tm_adam_config *cfg, tm_adam_coeffs *c) {
     c->beta2 = (float)cfg->beta2;
     c->one_minus_beta2 = (float)(1.0 - cfg->beta2);
     c->step_size = (float)(cfg->lr / bc1);
-    c->bc2_sqrt = (float)sqrt(bc2);
+    c->inv_bc2_sqrt = (float)(1.0 / sqrt(bc2));
     c->eps = (float)cfg->eps;
     c->lr_wd = cfg->adamw_mode ? (float)(cfg->lr * cfg->weight_decay) : 0.0f;
     c->l2 = cfg->adamw_mode ? 0.0f : (float)cfg->weight_decay;

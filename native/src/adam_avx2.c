@@ -18,7 +18,7 @@
 #define TM_INLINE static inline __attribute__((always_inline))
 
 typedef struct coeff_vectors {
-    __m256 beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps, lr_wd, l2,
+    __m256 beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_bc2_sqrt, eps, lr_wd, l2,
         grad_scale;
 } coeff_vectors;
 
@@ -71,7 +71,7 @@ TM_INLINE __m256 adam8(const coeff_vectors *c, float *param, float *exp_avg, flo
                              _mm256_mul_ps(c->one_minus_beta1, g));
     __m256 v = _mm256_add_ps(_mm256_mul_ps(c->beta2, _mm256_loadu_ps(exp_avg_sq)),
                              _mm256_mul_ps(_mm256_mul_ps(c->one_minus_beta2, g), g));
-    __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(v), c->bc2_sqrt), c->eps);
+    __m256 denom = _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(v), c->inv_bc2_sqrt), c->eps);
     __m256 update = _mm256_mul_ps(c->step_size, _mm256_div_ps(m, denom));
     if (decay_mode) update = _mm256_add_ps(update, _mm256_mul_ps(c->lr_wd, p));
     p = _mm256_sub_ps(p, update);
@@ -88,7 +88,7 @@ TM_INLINE int adam_range(const tm_adam_coeffs *c, const tm_adam_buffers *b, int6
     coeff_vectors cv = {
         _mm256_set1_ps(c->beta1),     _mm256_set1_ps(c->one_minus_beta1),
         _mm256_set1_ps(c->beta2),     _mm256_set1_ps(c->one_minus_beta2),
-        _mm256_set1_ps(c->step_size), _mm256_set1_ps(c->bc2_sqrt),
+        _mm256_set1_ps(c->step_size), _mm256_set1_ps(c->inv_bc2_sqrt),
         _mm256_set1_ps(c->eps),       _mm256_set1_ps(c->lr_wd),
         _mm256_set1_ps(c->l2),        _mm256_set1_ps(c->grad_scale),
     };

@@ -11,7 +11,7 @@
 #define TM_INLINE static inline __attribute__((always_inline))
 
 typedef struct coeff_vectors {
-    __m512 beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps, lr_wd, l2,
+    __m512 beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_bc2_sqrt, eps, lr_wd, l2,
         grad_scale;
 } coeff_vectors;
 
@@ -82,7 +82,7 @@ TM_INLINE __mmask16 adam16(const coeff_vectors *c, const tm_adam_buffers *b, int
                              _mm512_mul_ps(c->one_minus_beta1, g));
     __m512 v = _mm512_add_ps(_mm512_mul_ps(c->beta2, load_f32(b->exp_avg_sq + i, k, full)),
                              _mm512_mul_ps(_mm512_mul_ps(c->one_minus_beta2, g), g));
-    __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(v), c->bc2_sqrt), c->eps);
+    __m512 denom = _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(v), c->inv_bc2_sqrt), c->eps);
     __m512 update = _mm512_mul_ps(c->step_size, _mm512_div_ps(m, denom));
     if (decay_mode) update = _mm512_add_ps(update, _mm512_mul_ps(c->lr_wd, p));
     p = _mm512_sub_ps(p, update);
@@ -99,7 +99,7 @@ TM_INLINE int adam_range(const tm_adam_coeffs *c, const tm_adam_buffers *b, int6
     coeff_vectors cv = {
         _mm512_set1_ps(c->beta1),     _mm512_set1_ps(c->one_minus_beta1),
         _mm512_set1_ps(c->beta2),     _mm512_set1_ps(c->one_minus_beta2),
-        _mm512_set1_ps(c->step_size), _mm512_set1_ps(c->bc2_sqrt),
+        _mm512_set1_ps(c->step_size), _mm512_set1_ps(c->inv_bc2_sqrt),
         _mm512_set1_ps(c->eps),       _mm512_set1_ps(c->lr_wd),
         _mm512_set1_ps(c->l2),        _mm512_set1_ps(c->grad_scale),
     };

@@ -24,7 +24,12 @@ typedef struct tm_adam_coeffs {
     float beta2;
     float one_minus_beta2;
     float step_size;    /* lr / (1 - beta1^step) */
-    float bc2_sqrt;     /* sqrt(1 - beta2^step) */
+    /* [Note: a multiply by 1/sqrt(bc2) (rounded once, in double) instead of
+     *  torch's division by sqrt(bc2): one division per element fewer, about
+     *  2 % faster on cache-resident tiles; it moves the result by ~1e-7
+     *  relative (worst parameter error against float64 3.3e-7, was 2.9e-7;
+     *  bound 1e-6).] */
+    float inv_bc2_sqrt; /* 1 / sqrt(1 - beta2^step) */
     float eps;
     float lr_wd;        /* AdamW: lr * weight_decay (decoupled decay); Adam: 0 */
     float l2;           /* Adam: weight_decay (added to the gradient); AdamW: 0 */

@@ -39,7 +39,7 @@ static int adam_scalar(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_
         if (c->l2 != 0.0f) g = g + c->l2 * p;
         float m = c->beta1 * b->exp_avg[i] + c->one_minus_beta1 * g;
         float v = c->beta2 * b->exp_avg_sq[i] + (c->one_minus_beta2 * g) * g;
-        float denom = sqrtf(v) / c->bc2_sqrt + c->eps;
+        float denom = sqrtf(v) * c->inv_bc2_sqrt + c->eps;
         float update = c->step_size * (m / denom);
         /* AdamW: decoupled decay joins the update, so p is rounded once. */
         if (c->lr_wd != 0.0f) update = update + c->lr_wd * p;
