@@ -1,6 +1,113 @@
-"""The ZeRO-3 engine, imported as ``tiermem.engine`` (packaged from ``engine/``).
+"""The ZeRO engine, imported as ``tiermem.engine`` (packaged from ``engine/``).
 
 [Note: the folder sits at the top level as the project layout asks and is
 mapped to ``tiermem/engine`` by ``[tool.scikit-build.wheel.packages]``. It is
 never imported as a bare ``engine`` module.]
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["TiermemEngine", "init_context", "initialize"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TiermemEngine":
+        from tiermem.engine.engine import TiermemEngine
+
+        return TiermemEngine
+    raise AttributeError(f"module 'tiermem.engine' has no attribute {name!r}")
+
+
+def _check_model_parameters(model: nn.Module, model_parameters: Any) -> None:
+    if model_parameters is None:
+        return
+    given: set[int] = set()
+    for item in model_parameters:
+        if isinstance(item, dict):
+            given.update(id(p) for p in item["params"])
+        else:
+            given.add(id(item))
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in given]
+    if missing:
+        raise NotImplementedError(
+            "model_parameters must include every parameter that requires grad "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}); "
+            "set requires_grad=False on parameters that should not be trained"
+        )
+
+
+def initialize(
+    model: nn.Module | None = None,
+    optimizer: Any = None,
+    model_parameters: Any = None,
+    lr_scheduler: Any = None,
+    training_data: Any = None,
+    config: Any = None,
+    *,
+    collate_fn: Any = None,
+) -> tuple[Any, Any, Any, Any]:
+    """Wrap ``model`` for ZeRO training, like ``deepspeed.initialize``.
+
+    Returns ``(engine, optimizer, dataloader, lr_scheduler)``. ``config`` is a
+    dict or a JSON file path with DeepSpeed's keys. ``optimizer`` may be a
+    torch Adam/AdamW (its hyperparameters are taken over and its
+    ``param_groups`` shared), a callable taking the parameters and returning
+    one, or None to use the config's ``optimizer`` section. ``lr_scheduler``
+    may be a scheduler, a callable taking the optimizer, or None for the
+    config's ``scheduler``. ``training_data`` (a Dataset) gives a DataLoader
+    with the micro batch size, and a DistributedSampler over the ranks.
+    Launched by ``torchrun`` with several ranks, the process group is started
+    here if it is not already.
+    """
+    from tiermem.engine.comm import Communicator, init_distributed_from_env
+    from tiermem.engine.engine import TiermemEngine
+    from tiermem.engine.settings import engine_settings
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if config is None:
+        raise ValueError("config: pass a dict or the path of a JSON config")
+    init_distributed_from_env()
+    comm = Communicator()
+    settings = engine_settings(config, world_size=comm.world_size)
+    _check_model_parameters(model, model_parameters)
+    client = optimizer
+    if client is not None and not isinstance(client, torch.optim.Optimizer):
+        if not callable(client):
+            raise TypeError("optimizer: expected a torch optimizer, a callable or None")
+        params = model_parameters if model_parameters is not None else model.parameters()
+        client = client(params)
+    engine = TiermemEngine(
+        model, settings, comm=comm, client_optimizer=client, lr_scheduler=lr_scheduler
+    )
+    loader = None
+    if training_data is not None:
+        sampler = None
+        if comm.world_size > 1:
+            sampler = torch.utils.data.DistributedSampler(
+                training_data, num_replicas=comm.world_size, rank=comm.rank
+            )
+        loader = torch.utils.data.DataLoader(
+            training_data,
+            batch_size=settings.micro_batch_size,
+            sampler=sampler,
+            collate_fn=collate_fn,
+        )
+    return engine, engine.optimizer, loader, engine.lr_scheduler
+
+
+def init_context(config: Any = None, **kwargs: Any) -> Any:
+    """Build a model partitioned as it is created (like ``deepspeed.zero.Init``): not yet.
+
+    Until it lands, build the model normally and pass it to :func:`initialize`,
+    which partitions it at stage 3.
+    """
+    raise NotImplementedError(
+        "tiermem.init_context is not implemented yet; build the model normally and "
+        "pass it to tiermem.initialize (stage 3 partitions it there)"
+    )

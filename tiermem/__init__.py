@@ -11,4 +11,27 @@ from tiermem.adam import CPUAdam
 
 __version__ = "0.1.0"
 
-__all__ = ["CPUAdam", "NativeLibraryError", "native", "__version__"]
+__all__ = ["CPUAdam", "NativeLibraryError", "init_context", "initialize", "native", "__version__"]
+
+
+def initialize(*args, **kwargs):
+    """Wrap a model for ZeRO training, like ``deepspeed.initialize``.
+
+    See :func:`tiermem.engine.initialize`; returns
+    ``(engine, optimizer, dataloader, lr_scheduler)``.
+    """
+    # [Note: imported here, not at the top: the core never imports the engine
+    #  at import time (layers point native <- core <- engine <- CLI).]
+    from tiermem.engine import initialize as _initialize
+
+    return _initialize(*args, **kwargs)
+
+
+def init_context(*args, **kwargs):
+    """Build a model partitioned as it is created, like ``deepspeed.zero.Init``.
+
+    See :func:`tiermem.engine.init_context`.
+    """
+    from tiermem.engine import init_context as _init_context
+
+    return _init_context(*args, **kwargs)

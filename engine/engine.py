@@ -1,0 +1,461 @@
+"""The ZeRO engine: a module whose parameters, gradients and optimizer states are sharded.
+
+Stages: 0 is plain data parallelism (every rank keeps everything, gradients
+are all-reduced); 1 shards the optimizer states; 2 also the gradients
+(reduce-scattered); 3 also the parameters (gathered per module by hooks).
+Optimizer states live on the compute device, in host memory or on NVMe
+(``offload_optimizer``); stage 3 parameter shards likewise (``offload_param``).
+
+Two ways to drive it:
+
+* DeepSpeed's: ``loss = engine(batch); engine.backward(loss); engine.step()``
+  (``step`` honours ``gradient_accumulation_steps``, the loss scale, the LR
+  schedule and zeroes the gradients after each optimizer step);
+* plain PyTorch's: ``loss.backward(); optimizer.step(); optimizer.zero_grad()``
+  on the returned optimizer, which steps on every call, like torch's, and leaves
+  scheduling to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from tiermem.engine.comm import Communicator
+from tiermem.engine.grads import BackwardPass, GradReducer
+from tiermem.engine.hooks import ParamScheduler
+from tiermem.engine.optimizer_step import (
+    AdamHyper,
+    DeviceShardOptimizer,
+    HostShardOptimizer,
+    ShardOptimizer,
+    StepItem,
+)
+from tiermem.engine.param_home import DeviceParamHome, HostParamHome, ParamHome
+from tiermem.engine.partition import FlatParamGroup, make_layout, plan_groups
+from tiermem.engine.precision import make_scaler
+from tiermem.engine.settings import EngineSettings, OptimizerSettings
+from torch import nn
+
+from tiermem import adam
+
+__all__ = ["TiermemEngine", "ZeroOptimizer", "compute_device"]
+
+logger = logging.getLogger("tiermem.engine")
+
+CHECKPOINT_ISSUE = "checkpointing is not implemented yet (the checkpoint issue completes it)"
+
+
+def compute_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0") or "0")
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+class ZeroOptimizer(torch.optim.Optimizer):
+    """The optimizer ``initialize`` returns: torch's interface over the engine's sharded step.
+
+    ``param_groups`` carry the hyperparameters (LR schedulers change ``lr``
+    there); ``step()`` runs one sharded optimizer step on the gradients
+    accumulated so far and ``zero_grad()`` clears them. When the user passed
+    their own torch optimizer, its ``param_groups`` are shared, so a scheduler
+    built on it steers this one.
+    """
+
+    def __init__(
+        self,
+        params: list[nn.Parameter],
+        defaults: dict[str, Any],
+        *,
+        engine: TiermemEngine,
+        shared_param_groups: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(params, defaults)
+        if shared_param_groups is not None:
+            self.param_groups = shared_param_groups
+        self._engine = engine
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One optimizer step over every rank's shard (torch semantics: no zeroing)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._engine._optimizer_step(zero_grads=False)
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the accumulated gradients."""
+        self._engine.zero_grad()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Not yet: the checkpoint issue adds sharded optimizer state dicts."""
+        raise NotImplementedError(CHECKPOINT_ISSUE)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Not yet: the checkpoint issue adds sharded optimizer state dicts."""
+        raise NotImplementedError(CHECKPOINT_ISSUE)
+
+
+def _hyper_from_client(client: torch.optim.Optimizer) -> OptimizerSettings:
+    if not isinstance(client, (torch.optim.Adam, torch.optim.AdamW, adam.CPUAdam)):
+        raise TypeError(
+            "optimizer: tiermem runs Adam/AdamW itself; pass a torch.optim.Adam, "
+            f"torch.optim.AdamW or tiermem.CPUAdam (got {type(client).__name__}), "
+            'or configure "optimizer" in the config'
+        )
+    keys = ("lr", "betas", "eps", "weight_decay")
+    first = client.param_groups[0]
+    for group in client.param_groups[1:]:
+        if any(group[k] != first[k] for k in keys):
+            raise NotImplementedError(
+                "optimizer: param groups with different hyperparameters are not supported yet"
+            )
+    if first.get("amsgrad") or first.get("maximize"):
+        raise ValueError("optimizer: amsgrad and maximize are not supported")
+    adamw = isinstance(client, torch.optim.AdamW) or bool(first.get("decoupled_weight_decay"))
+    return OptimizerSettings(
+        type="AdamW" if adamw else "Adam",
+        lr=float(first["lr"]),
+        betas=(float(first["betas"][0]), float(first["betas"][1])),
+        eps=float(first["eps"]),
+        weight_decay=float(first["weight_decay"]),
+        adamw_mode=adamw,
+        bias_correction=bool(first.get("bias_correction", True)),
+    )
+
+
+def _fmt_scale(scale: float) -> str:
+    return str(int(scale)) if float(scale).is_integer() else repr(scale)
+
+
+def _sqnorm(t: torch.Tensor) -> float:
+    if t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous():
+        return adam.grad_sqnorm(t)
+    return float(torch.linalg.vector_norm(t, dtype=torch.float64).item()) ** 2
+
+
+class TiermemEngine:
+    """Wraps ``module`` for ZeRO training; see the module docstring for the two ways to drive it."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        settings: EngineSettings,
+        *,
+        comm: Communicator | None = None,
+        client_optimizer: torch.optim.Optimizer | None = None,
+        lr_scheduler: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.comm = comm if comm is not None else Communicator()
+        self.device = compute_device()
+        self.precision = settings.precision
+        self.dtype = settings.precision.dtype
+        self.stage = settings.zero.stage
+        self.module = module
+        self.loss_scaler = make_scaler(settings.precision)
+        self.global_steps = 0
+        self.global_samples = 0
+        self.micro_steps = 0
+        self.skipped_steps = 0
+        self._adam_steps = 0
+        self._grad_loss_scale = 1.0
+        self._global_grad_norm: float | None = None
+        self._hyper_settings = (
+            _hyper_from_client(client_optimizer)
+            if client_optimizer is not None
+            else settings.optimizer
+        )
+        self._build_groups()
+        self._build_optimizer(client_optimizer)
+        self.lr_scheduler = self._build_lr_scheduler(lr_scheduler)
+
+    # -- construction ---------------------------------------------------------------------
+    def _prepare_buffers(self) -> None:
+        for mod in self.module.modules():
+            for name, buf in mod._buffers.items():
+                if buf is None:
+                    continue
+                dtype = self.dtype if buf.is_floating_point() else buf.dtype
+                mod._buffers[name] = buf.to(device=self.device, dtype=dtype)
+
+    def _make_home(self) -> ParamHome | None:
+        if self.stage != 3:
+            return None
+        where = self.settings.zero.offload_param
+        if where == "none":
+            return DeviceParamHome(self.device)
+        if where == "cpu":
+            return HostParamHome(self.device, pin_memory=self.settings.zero.pin_memory)
+        raise NotImplementedError("offload_param.device 'nvme' arrives with the tiered store")
+
+    def _make_shard_optimizer(self) -> ShardOptimizer:
+        where = self.settings.zero.offload_optimizer
+        if where == "none":
+            return DeviceShardOptimizer(self.device)
+        if where == "cpu":
+            return HostShardOptimizer(
+                sub_group_size=self.settings.zero.sub_group_size,
+                pin_memory=self.settings.zero.pin_memory,
+            )
+        raise NotImplementedError("offload_optimizer.device 'nvme' arrives with the tiered store")
+
+    def _build_groups(self) -> None:
+        zero = self.settings.zero
+        self._prepare_buffers()
+        plan = plan_groups(self.module)
+        num_shards = 1 if self.stage == 0 else self.comm.world_size
+        shard_rank = 0 if self.stage == 0 else self.comm.rank
+        self.home = self._make_home()
+        self.shard_optimizer = self._make_shard_optimizer()
+        self.groups: list[FlatParamGroup] = []
+        for index, (mod_name, members) in enumerate(plan.members):
+            layout = make_layout(
+                index, mod_name, members, num_shards=num_shards, shard_rank=shard_rank
+            )
+            group = FlatParamGroup(
+                layout,
+                [p for _, p in members],
+                dtype=self.dtype,
+                device=self.device,
+                comm=self.comm,
+                home=self.home,
+                persistent=self.stage == 3 and layout.numel < zero.param_persistence_threshold,
+            )
+            full = group.flatten_fp32()
+            self.comm.broadcast(full, src=0)
+            if group.trainable:
+                self.shard_optimizer.add(index, full[layout.shard_start : layout.shard_end])
+            group.install(full)
+            self.groups.append(group)
+        self.backward_pass = BackwardPass()
+        accum_device = self.device if zero.offload_optimizer == "none" else torch.device("cpu")
+        self.reducer = GradReducer(
+            self.groups,
+            comm=self.comm,
+            backward_pass=self.backward_pass,
+            shard_grads=self.stage >= 2,
+            accum_device=accum_device,
+        )
+        self.param_scheduler: ParamScheduler | None = None
+        if self.stage == 3:
+            self.param_scheduler = ParamScheduler(
+                self.module,
+                self.groups,
+                plan.module_uses,
+                backward_pass=self.backward_pass,
+                prefetch_numel=zero.prefetch_bucket_size,
+            )
+            self.reducer.on_reduced = self.param_scheduler.on_reduced
+
+    def _build_optimizer(self, client: torch.optim.Optimizer | None) -> None:
+        hp = self._hyper_settings
+        trainable = [p for g in self.groups if g.trainable for p in g.params]
+        if hp is None:
+            self.optimizer = None
+            return
+        if not trainable:
+            raise ValueError("the model has no parameter that requires grad")
+        defaults = dict(lr=hp.lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
+        shared = client.param_groups if client is not None else None
+        self.optimizer = ZeroOptimizer(trainable, defaults, engine=self, shared_param_groups=shared)
+
+    def _build_lr_scheduler(self, lr_scheduler: Any) -> Any:
+        if lr_scheduler is not None:
+            if callable(lr_scheduler) and not hasattr(lr_scheduler, "step"):
+                return lr_scheduler(self.optimizer)
+            return lr_scheduler
+        if self.settings.scheduler and self.optimizer is not None:
+            from tiermem.engine.lr_schedules import build_lr_scheduler
+
+            return build_lr_scheduler(self.optimizer, self.settings.scheduler)
+        return None
+
+    # -- the training loop ----------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the wrapped module."""
+        return self.module(*args, **kwargs)
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        """Micro-steps per optimizer step."""
+        return self.settings.gradient_accumulation_steps
+
+    def is_gradient_accumulation_boundary(self) -> bool:
+        """Whether the next :meth:`step` runs the optimizer."""
+        return (self.micro_steps + 1) % self.gradient_accumulation_steps == 0
+
+    def backward(self, loss: torch.Tensor, *, retain_graph: bool = False) -> torch.Tensor:
+        """Backward of ``loss`` times the loss scale, divided by the accumulation steps."""
+        scale = self.loss_scaler.scale
+        factor = scale / self.gradient_accumulation_steps
+        self._grad_loss_scale = scale
+        scaled = loss.float() * factor if factor != 1.0 else loss
+        scaled.backward(retain_graph=retain_graph)
+        return loss
+
+    def step(self) -> None:
+        """End a micro-step; at an accumulation boundary run the optimizer and the LR schedule."""
+        boundary = self.is_gradient_accumulation_boundary()
+        self.micro_steps += 1
+        if not boundary:
+            return
+        stepped = self._optimizer_step(zero_grads=True)
+        if stepped and self.lr_scheduler is not None:
+            with warnings.catch_warnings():
+                # a torch scheduler built on the user's optimizer counts that optimizer's
+                # step() calls; the engine stepped instead, so its order warning is wrong
+                warnings.filterwarnings(
+                    "ignore", message=r"Detected call of `lr_scheduler.step\(\)`"
+                )
+                self.lr_scheduler.step()
+
+    def zero_grad(self) -> None:
+        """Clear the accumulated gradients (and any ``.grad`` left on the parameters)."""
+        self.reducer.wait_all()
+        self.reducer.zero()
+        self._grad_loss_scale = 1.0
+        for group in self.groups:
+            for param in group.params:
+                param.grad = None
+
+    def _hyper(self) -> AdamHyper:
+        group = self.optimizer.param_groups[0]
+        hp = self._hyper_settings
+        return AdamHyper(
+            lr=float(group["lr"]),
+            betas=(float(group["betas"][0]), float(group["betas"][1])),
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            adamw_mode=hp.adamw_mode,
+            bias_correction=hp.bias_correction,
+        )
+
+    def _global_sqnorm(self, grads: Iterable[torch.Tensor]) -> float:
+        total = sum(_sqnorm(g) for g in grads)
+        if self.stage > 0:
+            total = self.comm.all_reduce_scalar(total)
+        return total
+
+    def _optimizer_step(self, *, zero_grads: bool) -> bool:
+        """One sharded optimizer step; False when an fp16 overflow skipped it."""
+        if self.optimizer is None:
+            raise RuntimeError('no optimizer: pass one to initialize() or configure "optimizer"')
+        if self.param_scheduler is not None:
+            self.param_scheduler.free_unused()
+        self.reducer.wait_all()
+        keys = [g.index for g in self.groups if g.trainable]
+        grads = {gi: self.reducer.owner_grad(gi) for gi in keys}
+        inv_scale = 1.0 / self._grad_loss_scale
+        clip = self.settings.gradient_clipping
+        fp16 = self.precision.kind == "fp16"
+        clip_coef = 1.0
+        self._global_grad_norm = None
+        if clip > 0 or fp16:
+            norm = math.sqrt(self._global_sqnorm(grads.values())) * inv_scale
+            self._global_grad_norm = norm
+            if fp16 and not math.isfinite(norm):
+                return self._skip_step(zero_grads)
+            if clip > 0:
+                clip_coef = min(1.0, clip / (norm + 1e-6))
+        self._adam_steps += 1
+        items = [StepItem(gi, grads[gi], self.groups[gi].update_target()) for gi in keys]
+        self.shard_optimizer.step(
+            items, self._hyper(), step=self._adam_steps, grad_scale=inv_scale * clip_coef
+        )
+        for gi in keys:
+            self.groups[gi].after_update()
+        self.loss_scaler.update(False)
+        self.global_steps += 1
+        self.global_samples += self.settings.train_batch_size
+        if zero_grads:
+            self.zero_grad()
+        return True
+
+    def _skip_step(self, zero_grads: bool) -> bool:
+        before = self.loss_scaler.scale
+        self.loss_scaler.update(True)
+        self.skipped_steps += 1
+        self.global_steps += 1
+        logger.warning(
+            "fp16 gradient overflow at step %d: step skipped, loss scale %s -> %s",
+            self.global_steps,
+            _fmt_scale(before),
+            _fmt_scale(self.loss_scaler.scale),
+        )
+        if zero_grads:
+            self.zero_grad()
+        return False
+
+    # -- everything else ------------------------------------------------------------------
+    def train(self, mode: bool = True) -> TiermemEngine:
+        """Put the module in training mode."""
+        self.module.train(mode)
+        return self
+
+    def eval(self) -> TiermemEngine:
+        """Put the module in evaluation mode."""
+        self.module.eval()
+        return self
+
+    def get_lr(self) -> list[float]:
+        """The current learning rate of each param group."""
+        if self.optimizer is None:
+            return []
+        return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def get_global_grad_norm(self) -> float | None:
+        """The global gradient norm of the last optimizer step (when it was computed)."""
+        return self._global_grad_norm
+
+    @property
+    def loss_scale(self) -> float:
+        """The current loss scale (1 unless fp16)."""
+        return self.loss_scaler.scale
+
+    def master_state(self, group_index: int) -> dict[str, torch.Tensor]:
+        """This rank's fp32 master/exp_avg/exp_avg_sq of one group's shard (host copies)."""
+        return self.shard_optimizer.state(group_index)
+
+    @torch.no_grad()
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every parameter, gathered, as CPU tensors in the compute dtype (collective)."""
+        out: dict[str, torch.Tensor] = {}
+        for group in self.groups:
+            group.acquire()
+            try:
+                for slot, param in zip(group.layout.slots, group.params, strict=True):
+                    out[slot.name] = param.detach().cpu().clone()
+            finally:
+                group.release()
+        return out
+
+    def save_checkpoint(self, save_dir: str, tag: str | None = None, **_: Any) -> None:
+        """Not yet: the checkpoint issue completes it."""
+        raise NotImplementedError(CHECKPOINT_ISSUE)
+
+    def load_checkpoint(self, load_dir: str, tag: str | None = None, **_: Any) -> Any:
+        """Not yet: the checkpoint issue completes it."""
+        raise NotImplementedError(CHECKPOINT_ISSUE)
+
+    def close(self) -> None:
+        """Remove the hooks and free the optimizer states and parameter shards."""
+        self.reducer.remove_hooks()
+        if self.param_scheduler is not None:
+            self.param_scheduler.remove_hooks()
+        self.shard_optimizer.close()
+        if self.home is not None:
+            self.home.close()

@@ -1,0 +1,207 @@
+"""Gradients: collected per group as autograd produces them, reduced to their owner, accumulated.
+
+Each trainable parameter gets a post-accumulate-grad hook. When it fires the
+gradient is copied (as fp32) into its group's flat bucket and ``param.grad``
+is dropped; when every parameter of a group has reported, the bucket is
+reduced at once (while the rest of backward goes on) and added to the
+group's fp32 accumulator, which persists across the micro-steps of a
+gradient accumulation window and lives where the optimizer tier runs (host
+memory for CPU/NVMe offload).
+
+Reduction by stage: stages 0 and 1 all-reduce the whole bucket (every rank
+keeps the full fp32 gradient; stage 1's optimizer reads its slice), stages 2
+and 3 reduce-scatter it, so a rank keeps only its shard. Gradients are
+averaged over the ranks.
+
+[Note: a parameter that gets no gradient in some backward (unused, or a
+frozen branch) never fires its hook, so a group can stay incomplete. At the
+end of every backward a callback queued on the autograd engine reduces all
+groups not yet reduced, in group order, treating missing gradients as zero.
+Ranks therefore issue the same collectives: groups completed during backward
+go in autograd's order (the same on every rank for the same graph), the rest
+in index order.]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import torch
+from tiermem.engine.comm import Communicator, Pending
+from tiermem.engine.partition import FlatParamGroup
+from torch import nn
+
+__all__ = ["BackwardPass", "GradReducer"]
+
+
+class BackwardPass:
+    """Runs registered finishers once at the end of each backward pass.
+
+    Hooks call :meth:`touch` whenever they fire; the first call of a backward
+    queues the finisher callback on the autograd engine.
+    """
+
+    def __init__(self) -> None:
+        self._queued = False
+        self._finishers: list[Callable[[], None]] = []
+
+    def add_finisher(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` at the end of every backward that touched a hook (in order added)."""
+        self._finishers.append(fn)
+
+    def touch(self) -> None:
+        """Note that a backward pass is running (call from inside autograd hooks)."""
+        if self._queued:
+            return
+        self._queued = True
+        torch.autograd.Variable._execution_engine.queue_callback(self._finish)
+
+    def _finish(self) -> None:
+        self._queued = False
+        for fn in self._finishers:
+            fn()
+
+
+class GradReducer:
+    """Collects, reduces and accumulates the gradients of trainable groups.
+
+    ``shard_grads`` (stages 2/3) keeps only this rank's shard of each
+    accumulator; otherwise the full padded flat gradient is kept. ``accum_device``
+    is where the fp32 accumulators live. ``on_reduced(group_index)`` is called
+    after a group's gradients were handed off (stage 3 releases the group then).
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[FlatParamGroup],
+        *,
+        comm: Communicator,
+        backward_pass: BackwardPass,
+        shard_grads: bool,
+        accum_device: torch.device,
+        on_reduced: Callable[[int], None] | None = None,
+    ) -> None:
+        self.groups = list(groups)
+        self.comm = comm
+        self.shard_grads = shard_grads
+        self.accum_device = accum_device
+        self.on_reduced = on_reduced
+        self.backward_pass = backward_pass
+        self.trainable = [g.index for g in self.groups if g.trainable]
+        self.accum: dict[int, torch.Tensor] = {}
+        for gi in self.trainable:
+            lay = self.groups[gi].layout
+            n = lay.shard_numel if shard_grads else lay.padded_numel
+            self.accum[gi] = torch.zeros(n, dtype=torch.float32, device=accum_device)
+        self._bucket: dict[int, torch.Tensor] = {}
+        self._remaining: dict[int, int] = {}
+        self._reduced: set[int] = set()
+        self._in_flight: list[tuple[int, Pending, torch.Tensor, torch.Tensor]] = []
+        self.has_grads = False
+        self._handles = []
+        for gi in self.trainable:
+            group = self.groups[gi]
+            self._remaining[gi] = len(group.params)
+            for slot_index, param in enumerate(group.params):
+                hook = partial(self._on_grad, gi, slot_index)
+                self._handles.append(param.register_post_accumulate_grad_hook(hook))
+        backward_pass.add_finisher(self.finish_backward)
+
+    def remove_hooks(self) -> None:
+        """Detach from the parameters."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # -- during backward ------------------------------------------------------------------
+    def _bucket_for(self, gi: int) -> torch.Tensor:
+        bucket = self._bucket.get(gi)
+        if bucket is None:
+            group = self.groups[gi]
+            bucket = torch.zeros(
+                group.layout.padded_numel, dtype=torch.float32, device=group.device
+            )
+            self._bucket[gi] = bucket
+        return bucket
+
+    def _on_grad(self, gi: int, slot_index: int, param: nn.Parameter) -> None:
+        self.backward_pass.touch()
+        grad = param.grad
+        param.grad = None
+        if grad is None:
+            return
+        slot = self.groups[gi].layout.slots[slot_index]
+        bucket = self._bucket_for(gi)
+        bucket[slot.offset : slot.offset + slot.numel].copy_(grad.reshape(-1))
+        if gi in self._reduced:
+            # a second gradient for this group in the same backward (e.g. retain_graph);
+            # reduce it as its own contribution
+            self._reduced.discard(gi)
+            self._remaining[gi] = len(self.groups[gi].params)
+        self._remaining[gi] -= 1
+        if self._remaining[gi] == 0:
+            self._reduce(gi)
+
+    def _reduce(self, gi: int) -> None:
+        group = self.groups[gi]
+        bucket = self._bucket.pop(gi, None)
+        if bucket is None:
+            bucket = torch.zeros(
+                group.layout.padded_numel, dtype=torch.float32, device=group.device
+            )
+        self._remaining[gi] = len(group.params)
+        self._reduced.add(gi)
+        if self.shard_grads:
+            out = torch.empty(group.layout.shard_numel, dtype=torch.float32, device=group.device)
+            pending = self.comm.reduce_scatter_flat(out, bucket, average=True, async_op=True)
+        else:
+            out = bucket
+            pending = self.comm.all_reduce(bucket, average=True, async_op=True)
+        self._in_flight.append((gi, pending, out, bucket))
+        # [Note: at most two reductions in flight: enough to overlap one with the
+        #  backward compute that follows, and it bounds the buckets held at once.]
+        while len(self._in_flight) > 2:
+            self._land(*self._in_flight.pop(0))
+        self.has_grads = True
+        if self.on_reduced is not None:
+            self.on_reduced(gi)
+
+    def _land(self, gi: int, pending: Pending, out: torch.Tensor, _bucket: torch.Tensor) -> None:
+        pending.wait()
+        self.accum[gi].add_(out.to(self.accum_device))
+
+    def finish_backward(self) -> None:
+        """Reduce what is still pending; called once at the end of each backward."""
+        pending_groups = [gi for gi in self.trainable if gi not in self._reduced]
+        for gi in pending_groups:
+            if gi in self._bucket or self.comm.world_size > 1:
+                self._reduce(gi)
+        self.wait_all()
+        self._reduced.clear()
+
+    def wait_all(self) -> None:
+        """Land every reduction in flight into the accumulators."""
+        while self._in_flight:
+            self._land(*self._in_flight.pop(0))
+        if self.accum_device.type == "cuda":
+            torch.cuda.current_stream(self.accum_device).synchronize()
+
+    # -- between steps --------------------------------------------------------------------
+    def owner_grad(self, gi: int) -> torch.Tensor:
+        """The fp32 gradient of the shard this rank updates for group ``gi``."""
+        acc = self.accum[gi]
+        if self.shard_grads:
+            return acc
+        lay = self.groups[gi].layout
+        return acc[lay.shard_start : lay.shard_end]
+
+    def full_grad(self, gi: int) -> torch.Tensor | None:
+        """The full fp32 flat gradient of group ``gi`` (stages 0/1 only, else None)."""
+        return None if self.shard_grads else self.accum[gi]
+
+    def zero(self) -> None:
+        """Clear the accumulators (after a step, or on the user's ``zero_grad``)."""
+        for acc in self.accum.values():
+            acc.zero_()
+        self.has_grads = False

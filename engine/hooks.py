@@ -1,0 +1,150 @@
+"""Stage 3 module hooks: gather a module's groups just before it runs, release them after.
+
+Forward: a pre-hook on every module that needs groups acquires them (waiting
+for a prefetch in flight, or gathering now); a post-hook releases them and,
+when grad is enabled, registers a hook on the module's outputs that fires
+when backward reaches the module (before any of its backward nodes run),
+which acquires the groups again. A group acquired for backward is released
+as soon as its gradients have been reduced (every node that used its
+parameters has then run) or at the end of the backward pass at the latest.
+
+Prefetch: the first forward and the first backward record the order in
+which groups are first needed; later passes start gathering the next groups
+in that order (up to ``prefetch_numel`` elements ahead) whenever one is
+acquired.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+from tiermem.engine.grads import BackwardPass
+from tiermem.engine.partition import FlatParamGroup, GroupState
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+__all__ = ["ParamScheduler"]
+
+
+class _Trace:
+    """The order in which groups were first needed in one kind of pass."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+        self.position: dict[int, int] = {}
+        self.recorded = False
+
+    def note(self, gi: int) -> None:
+        if not self.recorded and gi not in self.position:
+            self.position[gi] = len(self.order)
+            self.order.append(gi)
+
+    def after(self, gi: int) -> list[int]:
+        if not self.recorded or gi not in self.position:
+            return []
+        return self.order[self.position[gi] + 1 :]
+
+
+class ParamScheduler:
+    """Installs the stage 3 gather/release/prefetch hooks on a module tree."""
+
+    def __init__(
+        self,
+        root: nn.Module,
+        groups: Sequence[FlatParamGroup],
+        module_uses: dict[nn.Module, tuple[int, ...]],
+        *,
+        backward_pass: BackwardPass,
+        prefetch_numel: int,
+    ) -> None:
+        self.root = root
+        self.groups = list(groups)
+        self.module_uses = dict(module_uses)
+        self.prefetch_numel = int(prefetch_numel)
+        self.forward_trace = _Trace()
+        self.backward_trace = _Trace()
+        self._backward_refs: Counter[int] = Counter()
+        self._handles = []
+        self.backward_pass = backward_pass
+        backward_pass.add_finisher(self.finish_backward)
+        self._install()
+
+    def _install(self) -> None:
+        for module in self.module_uses:
+            self._handles.append(module.register_forward_pre_hook(self._pre_forward))
+            self._handles.append(module.register_forward_hook(self._post_forward))
+        self._handles.append(self.root.register_forward_hook(self._post_root_forward))
+
+    def remove_hooks(self) -> None:
+        """Detach from the modules."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # -- prefetch -------------------------------------------------------------------------
+    def _prefetch_after(self, gi: int, trace: _Trace) -> None:
+        budget = self.prefetch_numel
+        if budget <= 0:
+            return
+        for nxt in trace.after(gi):
+            group = self.groups[nxt]
+            if group.state is GroupState.SHARDED:
+                if group.layout.numel > budget:
+                    break
+                group.prefetch()
+            budget -= group.layout.numel
+            if budget <= 0:
+                break
+
+    # -- forward --------------------------------------------------------------------------
+    def _pre_forward(self, module: nn.Module, _args) -> None:
+        for gi in self.module_uses[module]:
+            self.forward_trace.note(gi)
+            self.groups[gi].acquire()
+            self._prefetch_after(gi, self.forward_trace)
+
+    def _post_forward(self, module: nn.Module, _args, output) -> None:
+        uses = self.module_uses[module]
+        for gi in uses:
+            self.groups[gi].release()
+        if torch.is_grad_enabled():
+            outputs = [
+                t for t in tree_leaves(output) if isinstance(t, torch.Tensor) and t.requires_grad
+            ]
+            if outputs:
+                torch.autograd.graph.register_multi_grad_hook(
+                    outputs, lambda _grad, m=module: self._pre_backward(m), mode="any"
+                )
+
+    def _post_root_forward(self, _module: nn.Module, _args, _output) -> None:
+        self.forward_trace.recorded = True
+        self.free_unused()
+
+    # -- backward -------------------------------------------------------------------------
+    def _pre_backward(self, module: nn.Module) -> None:
+        self.backward_pass.touch()
+        for gi in self.module_uses[module]:
+            self.backward_trace.note(gi)
+            self.groups[gi].acquire()
+            self._backward_refs[gi] += 1
+            self._prefetch_after(gi, self.backward_trace)
+
+    def on_reduced(self, gi: int) -> None:
+        """Group ``gi``'s gradients are handed off: its backward users are done."""
+        for _ in range(self._backward_refs.pop(gi, 0)):
+            self.groups[gi].release()
+
+    def finish_backward(self) -> None:
+        """End of a backward pass: release what backward still holds, drop stray prefetches."""
+        for gi in list(self._backward_refs):
+            self.on_reduced(gi)
+        self.backward_trace.recorded = True
+        self.free_unused()
+
+    def free_unused(self) -> None:
+        """Free gathered groups that nobody holds (prefetched but not used)."""
+        for group in self.groups:
+            if group.refs == 0 and not group.persistent:
+                group.free()

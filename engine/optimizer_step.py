@@ -1,0 +1,209 @@
+"""The sharded Adam/AdamW step, one implementation per placement of the optimizer states.
+
+Each rank updates only its shards. A :class:`ShardOptimizer` owns the fp32
+master copy and both moments of every shard (keyed by group index) and, per
+step, receives each shard's fp32 gradient plus the tensor to write the new
+compute-dtype parameters into:
+
+* :class:`DeviceShardOptimizer` (``offload_optimizer.device: none``): states
+  on the compute device, updated by ``torch.optim.AdamW``/``Adam`` itself,
+  so the arithmetic is exactly torch's.
+* :class:`HostShardOptimizer` (``cpu``): states in host memory, updated by
+  the fused SIMD kernel (:func:`tiermem.adam.adam_step`) one sub-group of
+  ``sub_group_size`` elements at a time; the kernel applies the inverse loss
+  scale and clip coefficient and writes the bf16/fp16/fp32 parameter copy
+  straight out.
+
+Global-norm clipping and fp16 overflow checks happen in the engine before
+:meth:`ShardOptimizer.step`; ``grad_scale`` (inverse loss scale times clip
+coefficient) multiplies every gradient.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tiermem import adam
+
+__all__ = [
+    "AdamHyper",
+    "DeviceShardOptimizer",
+    "HostShardOptimizer",
+    "ShardOptimizer",
+    "StepItem",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdamHyper:
+    """Hyperparameters of one step (read from the optimizer's param group each step)."""
+
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    adamw_mode: bool = True
+    bias_correction: bool = True
+
+
+@dataclass(frozen=True)
+class StepItem:
+    """One shard to update: its fp32 gradient and where its new parameters go."""
+
+    key: int
+    grad: torch.Tensor
+    param_out: torch.Tensor
+
+
+class ShardOptimizer(ABC):
+    """Adam/AdamW states for this rank's shards, in one placement."""
+
+    placement: str = ""
+
+    @abstractmethod
+    def add(self, key: int, master: torch.Tensor) -> None:
+        """Register shard ``key`` with fp32 initial values ``master`` (copied)."""
+
+    @abstractmethod
+    def step(
+        self, items: Sequence[StepItem], hyper: AdamHyper, *, step: int, grad_scale: float
+    ) -> None:
+        """One update of every shard in ``items``; ``step`` is 1-based."""
+
+    @abstractmethod
+    def state(self, key: int) -> dict[str, torch.Tensor]:
+        """Copies of shard ``key``'s ``master``, ``exp_avg`` and ``exp_avg_sq`` (host, fp32)."""
+
+    def close(self) -> None:
+        """Free the states."""
+        return None
+
+
+def _write_out(param_out: torch.Tensor, values: torch.Tensor) -> None:
+    param_out.copy_(values.to(param_out.device))
+
+
+class DeviceShardOptimizer(ShardOptimizer):
+    """States on the compute device; the update is torch's own AdamW/Adam."""
+
+    placement = "none"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._master: dict[int, torch.Tensor] = {}
+        self._torch_opt: torch.optim.Optimizer | None = None
+        self._adamw_mode: bool | None = None
+
+    def add(self, key: int, master: torch.Tensor) -> None:
+        if self._torch_opt is not None:
+            raise RuntimeError("shards must all be added before the first step")
+        self._master[key] = master.detach().to(self.device, torch.float32).clone()
+
+    def _optimizer(self, hyper: AdamHyper) -> torch.optim.Optimizer:
+        if self._torch_opt is None or self._adamw_mode != hyper.adamw_mode:
+            if self._torch_opt is not None:
+                raise RuntimeError("adamw_mode cannot change between steps")
+            cls = torch.optim.AdamW if hyper.adamw_mode else torch.optim.Adam
+            self._torch_opt = cls(list(self._master.values()), lr=hyper.lr)
+            self._adamw_mode = hyper.adamw_mode
+        return self._torch_opt
+
+    def step(
+        self, items: Sequence[StepItem], hyper: AdamHyper, *, step: int, grad_scale: float
+    ) -> None:
+        if not hyper.bias_correction:
+            raise ValueError("the device optimizer needs bias_correction=True (torch's Adam)")
+        opt = self._optimizer(hyper)
+        group = opt.param_groups[0]
+        group.update(lr=hyper.lr, betas=hyper.betas, eps=hyper.eps, weight_decay=hyper.weight_decay)
+        for master in self._master.values():
+            master.grad = None
+        for item in items:
+            grad = item.grad.to(self.device)
+            if grad_scale != 1.0:
+                grad = grad * grad_scale
+            self._master[item.key].grad = grad
+        opt.step()
+        for master in self._master.values():
+            master.grad = None
+        for item in items:
+            _write_out(item.param_out, self._master[item.key])
+
+    def state(self, key: int) -> dict[str, torch.Tensor]:
+        master = self._master[key]
+        st = self._torch_opt.state.get(master, {}) if self._torch_opt is not None else {}
+        zeros = torch.zeros_like(master)
+        return {
+            "master": master.detach().cpu().clone(),
+            "exp_avg": st.get("exp_avg", zeros).detach().cpu().clone(),
+            "exp_avg_sq": st.get("exp_avg_sq", zeros).detach().cpu().clone(),
+        }
+
+    def close(self) -> None:
+        self._master.clear()
+        self._torch_opt = None
+
+
+class HostShardOptimizer(ShardOptimizer):
+    """States in host memory; the fused CPU Adam kernel per sub-group of ``sub_group_size``."""
+
+    placement = "cpu"
+
+    def __init__(self, *, sub_group_size: int = 1_000_000_000, pin_memory: bool = False) -> None:
+        if sub_group_size <= 0:
+            raise ValueError(f"sub_group_size must be positive, got {sub_group_size}")
+        self.sub_group_size = int(sub_group_size)
+        self.pin = bool(pin_memory) and torch.cuda.is_available()
+        self._states: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def add(self, key: int, master: torch.Tensor) -> None:
+        n = master.numel()
+        values = torch.empty(n, dtype=torch.float32, pin_memory=self.pin)
+        values.copy_(master.reshape(-1))
+        m = torch.zeros(n, dtype=torch.float32, pin_memory=self.pin)
+        v = torch.zeros(n, dtype=torch.float32, pin_memory=self.pin)
+        self._states[key] = (values, m, v)
+
+    def step(
+        self, items: Sequence[StepItem], hyper: AdamHyper, *, step: int, grad_scale: float
+    ) -> None:
+        for item in items:
+            master, m, v = self._states[item.key]
+            grad = item.grad
+            if grad.device.type != "cpu":
+                grad = grad.cpu()
+            grad = grad.contiguous()
+            out = item.param_out
+            direct = out.device.type == "cpu" and out.is_contiguous()
+            host_out = out if direct else torch.empty(out.numel(), dtype=out.dtype)
+            n, chunk = master.numel(), self.sub_group_size
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                adam.adam_step(
+                    master[lo:hi],
+                    m[lo:hi],
+                    v[lo:hi],
+                    grad[lo:hi],
+                    step=step,
+                    lr=hyper.lr,
+                    betas=hyper.betas,
+                    eps=hyper.eps,
+                    weight_decay=hyper.weight_decay,
+                    adamw_mode=hyper.adamw_mode,
+                    bias_correction=hyper.bias_correction,
+                    clip_coef=grad_scale,
+                    param_out=host_out[lo:hi],
+                )
+            if not direct:
+                out.copy_(host_out)
+
+    def state(self, key: int) -> dict[str, torch.Tensor]:
+        master, m, v = self._states[key]
+        return {"master": master.clone(), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+
+    def close(self) -> None:
+        self._states.clear()

@@ -1,0 +1,111 @@
+"""Where a stage 3 rank keeps its parameter shards between uses: device, host or NVMe.
+
+A :class:`ParamHome` stores one compute-dtype shard per group, keyed by the
+group index. :meth:`ParamHome.load` hands the shard out on the compute device
+for an all-gather; :meth:`ParamHome.open_for_update` hands out the tensor the
+optimizer writes updated values into (on the optimizer's side: host memory
+for a host home, so the CPU Adam writes its bf16/fp16 copy straight into the
+parameter tier).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+__all__ = ["DeviceParamHome", "HostParamHome", "ParamHome"]
+
+
+class ParamHome(ABC):
+    """Keeps parameter shards; hands them out for gathers and updates."""
+
+    #: the offload device name this home implements ("none", "cpu", "nvme")
+    placement: str = ""
+
+    @abstractmethod
+    def put(self, key: int, shard: torch.Tensor) -> None:
+        """Take ``shard`` (1-D, compute dtype) as the initial values of ``key``."""
+
+    @abstractmethod
+    def load(self, key: int) -> torch.Tensor:
+        """The shard on the compute device, valid until :meth:`unload`."""
+
+    def unload(self, key: int) -> None:
+        """The tensor from :meth:`load` is no longer used."""
+        return None
+
+    @abstractmethod
+    def open_for_update(self, key: int) -> torch.Tensor:
+        """A tensor to write new values of ``key`` into (any device), until :meth:`close_update`."""
+
+    def close_update(self, key: int) -> None:
+        """The values written into :meth:`open_for_update`'s tensor are final."""
+        return None
+
+    def close(self) -> None:
+        """Free everything."""
+        return None
+
+    def numel(self, key: int) -> int:
+        """Elements of shard ``key``."""
+        raise NotImplementedError
+
+
+class DeviceParamHome(ParamHome):
+    """Shards stay on the compute device (``offload_param.device: none``)."""
+
+    placement = "none"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._shards: dict[int, torch.Tensor] = {}
+
+    def put(self, key: int, shard: torch.Tensor) -> None:
+        self._shards[key] = shard.detach().to(self.device).contiguous().clone()
+
+    def load(self, key: int) -> torch.Tensor:
+        return self._shards[key]
+
+    def open_for_update(self, key: int) -> torch.Tensor:
+        return self._shards[key]
+
+    def numel(self, key: int) -> int:
+        return self._shards[key].numel()
+
+    def close(self) -> None:
+        self._shards.clear()
+
+
+class HostParamHome(ParamHome):
+    """Shards live in host memory (``offload_param.device: cpu``), pinned on CUDA machines.
+
+    ``load`` copies to the device (no copy when the compute device is the CPU).
+    """
+
+    placement = "cpu"
+
+    def __init__(self, device: torch.device, *, pin_memory: bool = True) -> None:
+        self.device = device
+        self.pin = bool(pin_memory) and device.type == "cuda"
+        self._shards: dict[int, torch.Tensor] = {}
+
+    def put(self, key: int, shard: torch.Tensor) -> None:
+        host = torch.empty(shard.numel(), dtype=shard.dtype, pin_memory=self.pin)
+        host.copy_(shard.reshape(-1))
+        self._shards[key] = host
+
+    def load(self, key: int) -> torch.Tensor:
+        host = self._shards[key]
+        if self.device.type == "cpu":
+            return host
+        return host.to(self.device, non_blocking=self.pin)
+
+    def open_for_update(self, key: int) -> torch.Tensor:
+        return self._shards[key]
+
+    def numel(self, key: int) -> int:
+        return self._shards[key].numel()
+
+    def close(self) -> None:
+        self._shards.clear()
