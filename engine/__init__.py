@@ -74,7 +74,7 @@ def initialize(
         raise ValueError("config: pass a dict or the path of a JSON config")
     init_distributed_from_env()
     comm = Communicator()
-    settings = engine_settings(config, world_size=comm.world_size)
+    settings = engine_settings(config, world_size=comm.world_size, model=model)
     _check_model_parameters(model, model_parameters)
     client = optimizer
     if client is not None and not isinstance(client, torch.optim.Optimizer):

@@ -1,14 +1,14 @@
 """What the engine reads from the config, as small typed records; the one adapter from the config.
 
-[Note: every component gets only its own record (:class:`ZeroSettings`,
-:class:`~tiermem.engine.precision.PrecisionConfig`, :class:`OptimizerSettings`);
-:func:`engine_settings` is the only place that knows the config's shape.]
+[Note: the parsed config (:mod:`tiermem.engine.config`) validates and names
+bad keys; this module narrows it to what each engine component needs
+(:class:`ZeroSettings`, :class:`~tiermem.engine.precision.PrecisionConfig`,
+:class:`OptimizerSettings`), so :func:`engine_settings` is the only engine
+code that knows the config's shape.]
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,8 @@ class ZeroSettings:
     param_nvme_path: tuple[str, ...] = ()
     optimizer_nvme_path: tuple[str, ...] = ()
     pin_memory: bool = True
-    buffer_count: int = 5
+    param_buffer_count: int = 5
+    optimizer_buffer_count: int = 4
     sub_group_size: int = 1_000_000_000
     prefetch_bucket_size: int = 50_000_000
     max_live_parameters: int = 1_000_000_000
@@ -65,129 +66,78 @@ class EngineSettings:
     raw: Any = None
 
 
-def _load(config: Any) -> dict:
-    if config is None:
-        return {}
-    if isinstance(config, (str, os.PathLike)):
-        with open(config, encoding="utf-8") as fh:
-            return json.load(fh)
-    if isinstance(config, dict):
-        return config
-    raise TypeError(f"config must be a dict or a path to a JSON file, not {type(config).__name__}")
+def _model_facts(model: Any) -> tuple[int | None, Any]:
+    """(hidden size, floating dtype) of a model, for the config's ``"auto"`` values."""
+    if model is None:
+        return None, None
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return (hidden if isinstance(hidden, int) and hidden > 0 else None), dtype
 
 
-def _batch_sizes(raw: dict, world_size: int) -> tuple[int, int, int]:
-    train = raw.get("train_batch_size")
-    micro = raw.get("train_micro_batch_size_per_gpu")
-    gas = raw.get("gradient_accumulation_steps")
-    if train is not None and micro is not None and gas is not None:
-        pass
-    elif train is not None and micro is not None:
-        gas = train // (micro * world_size)
-    elif train is not None and gas is not None:
-        micro = train // (gas * world_size)
-    elif micro is not None:
-        gas = gas or 1
-        train = micro * gas * world_size
-    elif train is not None:
-        gas = 1
-        micro = train // world_size
-    else:
-        micro, gas = 1, gas or 1
-        train = micro * gas * world_size
-    if train != micro * gas * world_size or min(train, micro, gas) < 1:
-        raise ValueError(
-            f"inconsistent batch sizes: train_batch_size {train} != "
-            f"train_micro_batch_size_per_gpu {micro} x gradient_accumulation_steps {gas} "
-            f"x world size {world_size}"
-        )
-    return int(train), int(micro), int(gas)
+def engine_settings(config: Any, *, world_size: int, model: Any = None) -> EngineSettings:
+    """Parse ``config`` (a dict, a JSON file path or a parsed config) into :class:`EngineSettings`.
 
+    ``"auto"`` values are resolved from ``model`` (its ``config.hidden_size``
+    and parameter dtype) and ``world_size``. Raises
+    :class:`tiermem.engine.config.ConfigError` naming the key on bad input.
+    """
+    from tiermem.engine.config import parse_config
 
-def _paths(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, (list, tuple)):
-        return tuple(str(v) for v in value)
-    return (str(value),)
-
-
-def _from_dict(raw: dict, world_size: int) -> EngineSettings:
-    train, micro, gas = _batch_sizes(raw, world_size)
+    hidden, dtype = _model_facts(model)
+    cfg = parse_config(config).resolve_auto(
+        world_size=world_size, hidden_size=hidden, model_dtype=dtype
+    )
+    sizes = cfg.resolve_batch_sizes(world_size)
     opt = None
-    if raw.get("optimizer"):
-        sec = raw["optimizer"]
-        params = dict(sec.get("params") or {})
-        kind = str(sec.get("type", "AdamW"))
-        if kind.lower() not in ("adam", "adamw"):
-            raise ValueError(f"optimizer.type: expected 'Adam' or 'AdamW', got {kind!r}")
+    if cfg.optimizer is not None:
+        o = cfg.optimizer
         opt = OptimizerSettings(
-            type="AdamW" if kind.lower() == "adamw" else "Adam",
-            lr=float(params.get("lr", 1e-3)),
-            betas=tuple(float(b) for b in params.get("betas", (0.9, 0.999))),
-            eps=float(params.get("eps", 1e-8)),
-            weight_decay=float(params.get("weight_decay", 0.0)),
-            adamw_mode=bool(params.get("adam_w_mode", True)) or kind.lower() == "adamw",
-            bias_correction=bool(params.get("bias_correction", True)),
+            type=o.type,
+            lr=float(o.lr),
+            betas=(float(o.betas[0]), float(o.betas[1])),
+            eps=float(o.eps),
+            weight_decay=float(o.weight_decay),
+            adamw_mode=bool(o.adamw_mode),
+            bias_correction=bool(o.bias_correction),
         )
-    fp16, bf16 = raw.get("fp16") or {}, raw.get("bf16") or {}
-    if fp16.get("enabled") and bf16.get("enabled"):
-        raise ValueError("fp16.enabled and bf16.enabled cannot both be true")
-    kind = "fp16" if fp16.get("enabled") else "bf16" if bf16.get("enabled") else "fp32"
+    fp16 = cfg.fp16
+    kind = "fp16" if fp16.enabled is True else "bf16" if cfg.bf16.enabled is True else "fp32"
     precision = PrecisionConfig(
         kind=kind,
-        loss_scale=float(fp16.get("loss_scale", 0.0)),
-        initial_scale_power=int(fp16.get("initial_scale_power", 16)),
-        loss_scale_window=int(fp16.get("loss_scale_window", 1000)),
-        hysteresis=int(fp16.get("hysteresis", 2)),
-        min_loss_scale=float(fp16.get("min_loss_scale", 1.0)),
+        loss_scale=float(fp16.loss_scale),
+        initial_scale_power=int(fp16.initial_scale_power),
+        loss_scale_window=int(fp16.loss_scale_window),
+        hysteresis=int(fp16.hysteresis),
+        min_loss_scale=float(fp16.min_loss_scale),
     )
-    z = raw.get("zero_optimization") or {}
-    op, oo = z.get("offload_param") or {}, z.get("offload_optimizer") or {}
-    stage = int(z.get("stage", 0))
+    z = cfg.zero_optimization
+    op, oo = z.offload_param, z.offload_optimizer
     zero = ZeroSettings(
-        stage=stage,
-        offload_param=str(op.get("device", "none")).lower(),
-        offload_optimizer=str(oo.get("device", "none")).lower(),
-        param_nvme_path=_paths(op.get("nvme_path")),
-        optimizer_nvme_path=_paths(oo.get("nvme_path")),
-        pin_memory=bool(oo.get("pin_memory", op.get("pin_memory", True))),
-        buffer_count=int(op.get("buffer_count", 5)),
-        sub_group_size=int(z.get("sub_group_size", 1_000_000_000)),
-        prefetch_bucket_size=int(z.get("stage3_prefetch_bucket_size", 50_000_000)),
-        max_live_parameters=int(z.get("stage3_max_live_parameters", 1_000_000_000)),
-        param_persistence_threshold=int(z.get("stage3_param_persistence_threshold", 100_000)),
-        reduce_bucket_size=int(z.get("reduce_bucket_size", 500_000_000)),
-        overlap_comm=bool(z.get("overlap_comm", stage == 3)),
+        stage=z.stage,
+        offload_param=op.device,
+        offload_optimizer=oo.device,
+        param_nvme_path=tuple(op.nvme_path or ()),
+        optimizer_nvme_path=tuple(oo.nvme_path or ()),
+        pin_memory=bool(oo.pin_memory if oo.device != "none" else op.pin_memory),
+        param_buffer_count=op.buffer_count,
+        optimizer_buffer_count=oo.buffer_count,
+        sub_group_size=z.sub_group_size,
+        prefetch_bucket_size=int(z.stage3_prefetch_bucket_size),
+        max_live_parameters=z.stage3_max_live_parameters,
+        param_persistence_threshold=int(z.stage3_param_persistence_threshold),
+        reduce_bucket_size=int(z.reduce_bucket_size),
+        overlap_comm=bool(z.overlap_comm),
     )
     return EngineSettings(
-        train_batch_size=train,
-        micro_batch_size=micro,
-        gradient_accumulation_steps=gas,
-        gradient_clipping=float(raw.get("gradient_clipping", 0.0)),
+        train_batch_size=sizes.train_batch_size,
+        micro_batch_size=sizes.micro_batch_size,
+        gradient_accumulation_steps=sizes.gradient_accumulation_steps,
+        gradient_clipping=float(cfg.gradient_clipping),
         optimizer=opt,
-        scheduler=raw.get("scheduler"),
+        scheduler=cfg.scheduler,
         precision=precision,
         zero=zero,
-        aio=raw.get("aio"),
-        raw=raw,
+        aio=cfg.aio.to_aio_config(),
+        raw=cfg,
     )
-
-
-def engine_settings(config: Any, *, world_size: int) -> EngineSettings:
-    """Read ``config`` (a dict or a JSON file path) into :class:`EngineSettings`."""
-    settings = _from_dict(_load(config), world_size)
-    z = settings.zero
-    if z.stage not in (0, 1, 2, 3):
-        raise ValueError(f"zero_optimization.stage: expected 0, 1, 2 or 3, got {z.stage}")
-    for name in ("offload_param", "offload_optimizer"):
-        device = getattr(z, name)
-        if device not in ("none", "cpu", "nvme"):
-            raise ValueError(
-                f"zero_optimization.{name}.device: expected none, cpu or nvme, got {device!r}"
-            )
-    if z.offload_param != "none" and z.stage != 3:
-        raise ValueError("zero_optimization.offload_param needs stage 3")
-    if z.offload_optimizer != "none" and z.stage == 0:
-        raise ValueError("zero_optimization.offload_optimizer needs stage 1, 2 or 3")
-    return settings

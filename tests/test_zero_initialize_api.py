@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiermem.engine.config import ConfigError
 from zero_helpers import BATCH, config, make_batches, make_model
 
 import tiermem
@@ -63,10 +64,38 @@ def test_without_an_optimizer_forward_works_and_step_explains():
 def test_bad_config_names_the_field(bad, match):
     cfg = config(stage=1)
     cfg.update(bad)
-    with pytest.raises(Exception, match=match):
+    with pytest.raises(ConfigError, match=match):
         tiermem.initialize(model=make_model(), config=cfg)
 
 
 def test_model_is_required():
     with pytest.raises(TypeError, match="model"):
         tiermem.initialize(model=None, config=config(stage=1))
+
+
+def test_scheduler_from_config_drives_the_learning_rate():
+    cfg = config(
+        stage=2,
+        extra={
+            "scheduler": {
+                "type": "WarmupLR",
+                "params": {
+                    "warmup_min_lr": 0.0,
+                    "warmup_max_lr": 0.01,
+                    "warmup_num_steps": 4,
+                    "warmup_type": "linear",
+                },
+            }
+        },
+    )
+    engine, optimizer, _, scheduler = tiermem.initialize(model=make_model(), config=cfg)
+    assert scheduler is engine.lr_scheduler and scheduler.optimizer is optimizer
+    lrs = [engine.get_lr()[0]]
+    for idx, tgt in make_batches(6):
+        engine.backward(engine(idx, tgt))
+        engine.step()
+        lrs.append(engine.get_lr()[0])
+    assert lrs[0] == 0.0
+    assert lrs[1:4] == pytest.approx([0.0025, 0.005, 0.0075])
+    assert lrs[4:] == pytest.approx([0.01] * 3)
+    engine.close()
