@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import mmap
 import os
 import shutil
 import subprocess
@@ -40,6 +41,27 @@ def drop_file_cache(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+HUGE_PAGE = 2 << 20
+MADV_HUGEPAGE = 14
+
+
+def huge_page_array(size: int) -> tuple[mmap.mmap, np.ndarray]:
+    """A private anonymous mapping, 2 MiB-aligned, advised MADV_HUGEPAGE and
+    mlock'ed (faulting it in): physically contiguous in 2 MiB pieces where
+    transparent huge pages are available. Returns (mapping, uint8 view)."""
+    mapping = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    whole = np.frombuffer(mapping, dtype=np.uint8)
+    start = (-whole.ctypes.data) % HUGE_PAGE
+    array = whole[start : start + size]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise(array.ctypes.data, size, MADV_HUGEPAGE)  # EINVAL where THP is off: fine
+    if libc.mlock(array.ctypes.data, size) != 0:
+        array[:] = 0  # fault it in all the same
+    return mapping, array
 
 
 class DeviceCounters:

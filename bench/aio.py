@@ -65,10 +65,19 @@ from _peers_aio import (  # noqa: E402
     PyuringTool,
     Tool,
     drop_file_cache,
+    huge_page_array,
 )
 
 REPO = Path(__file__).resolve().parent.parent
-ALL_TOOLS = ("tiermem", "deepspeed", "fio-io_uring", "fio-libaio", "pyuring", "python")
+ALL_TOOLS = (
+    "tiermem",
+    "tiermem-thp",
+    "deepspeed",
+    "fio-io_uring",
+    "fio-libaio",
+    "pyuring",
+    "python",
+)
 REFERENCE_PEERS = ("deepspeed", "fio-io_uring", "fio-libaio")
 CHECK_STRIDE_WORDS = 4096 // 8  # one uint64 checked per 4 KiB
 POISON = np.uint64(0xDEADBEEFDEADBEEF)
@@ -89,15 +98,24 @@ def parse_bytes(text: str) -> int:
 
 
 class TiermemTool(Tool):
-    """tiermem's AioFile: one request for the whole file, the engine splits it."""
+    """tiermem's AioFile: one request for the whole file, the engine splits it.
 
-    name = "tiermem"
+    ``huge_pages=False`` reads and writes a ``HostBufferPool`` buffer (the
+    ``tiermem`` row); ``True`` a 2 MiB-aligned, MADV_HUGEPAGE, mlock'ed mapping
+    of the bench's own (the ``tiermem-thp`` row), to show what the buffer's
+    physical layout is worth: see bench/README.md.
+    """
 
-    def __init__(self, size: int, backend: str) -> None:
+    def __init__(self, size: int, backend: str, *, huge_pages: bool = False) -> None:
         self.backend = backend
-        self.pool = HostBufferPool(size, lock=True)
-        self.buf = self.pool.allocate(size)
-        self.array = self.buf.numpy()
+        self.name = "tiermem-thp" if huge_pages else "tiermem"
+        self.buf = self.pool = self.mapping = None
+        if huge_pages:
+            self.mapping, self.array = huge_page_array(size)
+        else:
+            self.pool = HostBufferPool(size, lock=True)
+            self.buf = self.pool.allocate(size)
+            self.array = self.buf.numpy()
         self.reason = ""
 
     def _run(self, shape: IoShape, write: bool) -> float:
@@ -127,8 +145,10 @@ class TiermemTool(Tool):
         return self.array
 
     def close(self) -> None:
-        self.buf.release()
-        self.pool.trim()
+        if self.buf is not None:
+            self.buf.release()
+            self.pool.trim()
+        self.array = self.mapping = None  # unmapped once no view is left
 
 
 def fill_pattern(buf: np.ndarray) -> None:
@@ -176,6 +196,7 @@ def build_tools(args: argparse.Namespace, wanted: list[str]) -> tuple[dict[str, 
         "deepspeed": lambda: DeepSpeedTool(args.size),
         "fio-io_uring": lambda: FioTool("io_uring"),
         "fio-libaio": lambda: FioTool("libaio"),
+        "tiermem-thp": lambda: TiermemTool(args.size, args.tiermem_backend, huge_pages=True),
         "pyuring": lambda: PyuringTool(shared),
         "python": lambda: PythonTool(shared),
     }
@@ -189,8 +210,9 @@ def build_tools(args: argparse.Namespace, wanted: list[str]) -> tuple[dict[str, 
             tools[name] = tool
     if "tiermem" not in tools:
         tm.close()
-    if "deepspeed" in tools:
-        fill_pattern(tools["deepspeed"].buffer.numpy())
+    for name in ("deepspeed", "tiermem-thp"):
+        if name in tools:
+            fill_pattern(tools[name].data_buffer())
     return tools, skipped
 
 
@@ -282,6 +304,21 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
+def ratio_to_peers(per_tool: dict, variant: str, peers: list[str], op: str) -> dict:
+    """``variant`` over the best peer: the ratio of medians, and the median and
+    range of the per-round ratios (each round against that round's best peer)."""
+    mine = per_tool[variant][op]
+    best_median = max(statistics.median(per_tool[p][op]) for p in peers)
+    paired = [mine[i] / max(per_tool[p][op][i] for p in peers) for i in range(len(mine))]
+    return {
+        "of_medians": round(statistics.median(mine) / best_median, 3),
+        "paired_median": round(statistics.median(paired), 3),
+        "paired_min": round(min(paired), 3),
+        "paired_max": round(max(paired), 3),
+        "best_peer": max(peers, key=lambda p: statistics.median(per_tool[p][op])),
+    }
+
+
 def report(args, results, skipped, tools) -> dict:
     summary: dict = {}
     for qd, per_tool in results.items():
@@ -302,26 +339,18 @@ def report(args, results, skipped, tools) -> dict:
             ]
             print(f"{name:<14} {cells[0]:>22} {cells[1]:>22}")
         peers = [p for p in REFERENCE_PEERS if p in per_tool and per_tool[p]["read"]]
-        if "tiermem" not in per_tool or not peers:
-            continue
-        for op in ("write", "read"):
-            tm = per_tool["tiermem"][op]
-            best_median = max(statistics.median(per_tool[p][op]) for p in peers)
-            paired = [tm[i] / max(per_tool[p][op][i] for p in peers) for i in range(len(tm))]
-            ratio = {
-                "of_medians": round(statistics.median(tm) / best_median, 3),
-                "paired_median": round(statistics.median(paired), 3),
-                "paired_min": round(min(paired), 3),
-                "paired_max": round(max(paired), 3),
-                "best_peer": max(peers, key=lambda p: statistics.median(per_tool[p][op])),
-            }
-            summary[qd]["ratios"][op] = ratio
-            print(
-                f"tiermem/best-of({','.join(peers)}) {op}: {ratio['of_medians']:.3f} "
-                f"(ratio of medians; best {ratio['best_peer']}), per-round "
-                f"{ratio['paired_median']:.3f} "
-                f"[{ratio['paired_min']:.2f}-{ratio['paired_max']:.2f}]"
-            )
+        for variant in ("tiermem", "tiermem-thp"):
+            if variant not in per_tool or not peers:
+                continue
+            for op in ("write", "read"):
+                ratio = ratio_to_peers(per_tool, variant, peers, op)
+                summary[qd]["ratios"].setdefault(variant, {})[op] = ratio
+                print(
+                    f"{variant}/best-of({','.join(peers)}) {op}: {ratio['of_medians']:.3f} "
+                    f"(ratio of medians; best {ratio['best_peer']}), per-round "
+                    f"{ratio['paired_median']:.3f} "
+                    f"[{ratio['paired_min']:.2f}-{ratio['paired_max']:.2f}]"
+                )
     out = {
         "schema": "tiermem.bench-aio/1",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
