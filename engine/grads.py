@@ -28,9 +28,10 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
+from torch import nn
+
 from tiermem.engine.comm import Communicator, Pending
 from tiermem.engine.partition import FlatParamGroup
-from torch import nn
 
 __all__ = ["BackwardPass", "GradReducer"]
 

@@ -20,10 +20,11 @@ from collections import Counter
 from collections.abc import Sequence
 
 import torch
-from tiermem.engine.grads import BackwardPass
-from tiermem.engine.partition import FlatParamGroup, GroupState
 from torch import nn
 from torch.utils._pytree import tree_leaves
+
+from tiermem.engine.grads import BackwardPass
+from tiermem.engine.partition import FlatParamGroup, GroupState
 
 __all__ = ["ParamScheduler"]
 

@@ -43,6 +43,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
 from tiermem.engine.config import all_key_paths
 from tiermem.engine.config_base import AUTO, ConfigError, ParseContext
 from tiermem.engine.config_sections import (
@@ -51,8 +54,6 @@ from tiermem.engine.config_sections import (
     WarmupDecayLRParams,
     WarmupLRParams,
 )
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 
 WARMUP_TYPES = ("log", "linear")
 

@@ -2,9 +2,9 @@
 intra_op_parallelism; giving two names is an error; the section maps onto AioConfig."""
 
 import pytest
-from tiermem.engine.config import ConfigError, parse_config
 
 from tiermem.aio import AioConfig
+from tiermem.engine.config import ConfigError, parse_config
 
 
 @pytest.mark.parametrize("old_name", ["thread_count", "num_threads"])

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+
 from tiermem.engine.config import AUTO, ConfigError, ConfigWarning, parse_config
 
 HF_STYLE = {

@@ -1,6 +1,7 @@
 """DeepSpeed's batch-size rules: any two of train/micro/accumulation determine the third."""
 
 import pytest
+
 from tiermem.engine.config import BatchSizes, ConfigError, parse_config
 
 

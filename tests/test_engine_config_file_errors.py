@@ -4,6 +4,7 @@ import json
 import pathlib
 
 import pytest
+
 from tiermem.engine.config import ConfigError, parse_config
 
 

@@ -1,6 +1,7 @@
 """nvme_path: required with device "nvme"; a string or a list (striped) becomes a tuple."""
 
 import pytest
+
 from tiermem.engine.config import ConfigError, parse_config
 
 

@@ -1,6 +1,7 @@
 """optimizer: Adam/AdamW with DeepSpeed's meaning of adam_w_mode."""
 
 import pytest
+
 from tiermem.engine.config import ConfigError, ConfigWarning, parse_config
 
 

@@ -1,6 +1,7 @@
 """fp16/bf16 sections: the "bfloat16" alias, exclusivity, fp16 loss-scale settings."""
 
 import pytest
+
 from tiermem.engine.config import ConfigError, parse_config
 
 

@@ -1,6 +1,7 @@
 """Values out of range are errors naming the path and the accepted range."""
 
 import pytest
+
 from tiermem.engine.config import ConfigError, parse_config
 
 

@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import pytest
+
 from tiermem.engine.config import (
     ActivationCheckpointingConfig,
     AioSectionConfig,

@@ -1,6 +1,7 @@
 """ZeRO stage requirements of the offload options (DeepSpeed's rules)."""
 
 import pytest
+
 from tiermem.engine.config import ConfigError, parse_config
 
 

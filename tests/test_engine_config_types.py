@@ -1,6 +1,7 @@
 """Values of the wrong JSON type are errors naming the path, what was expected and what came."""
 
 import pytest
+
 from tiermem.engine.config import ConfigError, parse_config
 
 

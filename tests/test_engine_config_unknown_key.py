@@ -4,6 +4,7 @@ DeepSpeed keys tiermem does not act on are accepted with a ConfigWarning."""
 import warnings
 
 import pytest
+
 from tiermem.engine.config import ConfigError, ConfigWarning, parse_config
 
 

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+
 from tiermem.engine.config import ConfigError, parse_config
 from tiermem.engine.lr_schedules import build_lr_scheduler
 

@@ -3,8 +3,9 @@ and the config's last_batch_iteration resumes after that many + 1 steps."""
 
 import pytest
 import torch
-from tiermem.engine.lr_schedules import build_lr_scheduler
 from torch.optim.lr_scheduler import LRScheduler
+
+from tiermem.engine.lr_schedules import build_lr_scheduler
 
 CONFIGS = [
     {"type": "WarmupLR", "params": {"warmup_max_lr": 0.1, "warmup_num_steps": 6}},

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from tiermem.engine.config import parse_config
 from tiermem.engine.lr_schedules import WarmupLR, build_lr_scheduler
 

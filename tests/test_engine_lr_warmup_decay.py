@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from tiermem.engine.lr_schedules import WarmupDecayLR, build_lr_scheduler
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from tiermem.engine.comm import Communicator
 from zero_helpers import run_ranks
+
+from tiermem.engine.comm import Communicator
 
 
 def _collectives(rank: int, world: int) -> dict:

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from tiermem.engine.config import ConfigError
 from zero_helpers import BATCH, config, make_batches, make_model
 
 import tiermem
+from tiermem.engine.config import ConfigError
 
 
 def test_returns_engine_optimizer_loader_scheduler(tmp_path):

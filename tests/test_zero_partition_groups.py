@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+from zero_helpers import make_model
+
 from tiermem.engine.comm import Communicator
 from tiermem.engine.param_home import DeviceParamHome
 from tiermem.engine.partition import (
@@ -13,8 +16,6 @@ from tiermem.engine.partition import (
     make_layout,
     plan_groups,
 )
-from torch import nn
-from zero_helpers import make_model
 
 
 def test_tied_weight_belongs_to_one_group_and_both_modules_need_it():

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from tiermem.engine.partition import GroupState
 from torch import nn
 from zero_helpers import config, make_batches, make_model
 
 import tiermem
+from tiermem.engine.partition import GroupState
 
 
 def _engine(**extra):
