@@ -26,23 +26,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from tiermem.engine.comm import Communicator
-from tiermem.engine.grads import BackwardPass, GradReducer
-from tiermem.engine.hooks import ParamScheduler
-from tiermem.engine.optimizer_step import (
-    AdamHyper,
-    DeviceShardOptimizer,
-    HostShardOptimizer,
-    ShardOptimizer,
-    StepItem,
-)
-from tiermem.engine.param_home import DeviceParamHome, HostParamHome, ParamHome
-from tiermem.engine.partition import FlatParamGroup, make_layout, plan_groups
-from tiermem.engine.precision import make_scaler
-from tiermem.engine.settings import EngineSettings, OptimizerSettings
 from torch import nn
 
 from tiermem import adam
+from tiermem.engine.comm import Communicator
+from tiermem.engine.grads import BackwardPass, GradReducer
+from tiermem.engine.hooks import ParamScheduler
+from tiermem.engine.optimizer_step import AdamHyper, StepItem
+from tiermem.engine.partition import FlatParamGroup, make_layout, plan_groups
+from tiermem.engine.placement import build_placements
+from tiermem.engine.precision import make_scaler
+from tiermem.engine.settings import EngineSettings, OptimizerSettings
 
 __all__ = ["TiermemEngine", "ZeroOptimizer", "compute_device"]
 
@@ -189,40 +183,27 @@ class TiermemEngine:
                 dtype = self.dtype if buf.is_floating_point() else buf.dtype
                 mod._buffers[name] = buf.to(device=self.device, dtype=dtype)
 
-    def _make_home(self) -> ParamHome | None:
-        if self.stage != 3:
-            return None
-        where = self.settings.zero.offload_param
-        if where == "none":
-            return DeviceParamHome(self.device)
-        if where == "cpu":
-            return HostParamHome(self.device, pin_memory=self.settings.zero.pin_memory)
-        raise NotImplementedError("offload_param.device 'nvme' arrives with the tiered store")
-
-    def _make_shard_optimizer(self) -> ShardOptimizer:
-        where = self.settings.zero.offload_optimizer
-        if where == "none":
-            return DeviceShardOptimizer(self.device)
-        if where == "cpu":
-            return HostShardOptimizer(
-                sub_group_size=self.settings.zero.sub_group_size,
-                pin_memory=self.settings.zero.pin_memory,
-            )
-        raise NotImplementedError("offload_optimizer.device 'nvme' arrives with the tiered store")
-
     def _build_groups(self) -> None:
         zero = self.settings.zero
         self._prepare_buffers()
         plan = plan_groups(self.module)
         num_shards = 1 if self.stage == 0 else self.comm.world_size
         shard_rank = 0 if self.stage == 0 else self.comm.rank
-        self.home = self._make_home()
-        self.shard_optimizer = self._make_shard_optimizer()
+        layouts = [
+            make_layout(index, mod_name, members, num_shards=num_shards, shard_rank=shard_rank)
+            for index, (mod_name, members) in enumerate(plan.members)
+        ]
+        self.placements = build_placements(
+            self.settings,
+            device=self.device,
+            rank=self.comm.rank,
+            dtype=self.dtype,
+            layouts=layouts,
+        )
+        self.home = self.placements.home
+        self.shard_optimizer = self.placements.shard_optimizer
         self.groups: list[FlatParamGroup] = []
-        for index, (mod_name, members) in enumerate(plan.members):
-            layout = make_layout(
-                index, mod_name, members, num_shards=num_shards, shard_rank=shard_rank
-            )
+        for layout, (_, members) in zip(layouts, plan.members, strict=True):
             group = FlatParamGroup(
                 layout,
                 [p for _, p in members],
@@ -235,9 +216,12 @@ class TiermemEngine:
             full = group.flatten_fp32()
             self.comm.broadcast(full, src=0)
             if group.trainable:
-                self.shard_optimizer.add(index, full[layout.shard_start : layout.shard_end])
+                self.shard_optimizer.add(layout.index, full[layout.shard_start : layout.shard_end])
             group.install(full)
             self.groups.append(group)
+        self._in_pass = False
+        if self.placements.stores:
+            self._pass_hook = self.module.register_forward_pre_hook(self._begin_pass)
         self.backward_pass = BackwardPass()
         accum_device = self.device if zero.offload_optimizer == "none" else torch.device("cpu")
         self.reducer = GradReducer(
@@ -280,6 +264,20 @@ class TiermemEngine:
 
             return build_lr_scheduler(self.optimizer, self.settings.scheduler)
         return None
+
+    def _begin_pass(self, _module: nn.Module, _args: Any) -> None:
+        # [Note: store passes start with the second optimizer step. The first step
+        #  records the module order and does not prefetch; later steps prefetch, so
+        #  their store accesses come in a different order than the first step's.
+        #  Recording the store's schedule on step 2 makes it match every later step.]
+        if not self._in_pass and self.global_steps >= 1:
+            self._in_pass = True
+            self.placements.begin_pass()
+
+    def _end_pass(self) -> None:
+        if self._in_pass:
+            self._in_pass = False
+            self.placements.end_pass()
 
     # -- the training loop ----------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -372,17 +370,19 @@ class TiermemEngine:
             if clip > 0:
                 clip_coef = min(1.0, clip / (norm + 1e-6))
         self._adam_steps += 1
-        items = [StepItem(gi, grads[gi], self.groups[gi].update_target()) for gi in keys]
+        items = [
+            StepItem(gi, grads[gi], self.groups[gi].update_target, self.groups[gi].after_update)
+            for gi in keys
+        ]
         self.shard_optimizer.step(
             items, self._hyper(), step=self._adam_steps, grad_scale=inv_scale * clip_coef
         )
-        for gi in keys:
-            self.groups[gi].after_update()
         self.loss_scaler.update(False)
         self.global_steps += 1
         self.global_samples += self.settings.train_batch_size
         if zero_grads:
             self.zero_grad()
+        self._end_pass()
         return True
 
     def _skip_step(self, zero_grads: bool) -> bool:
@@ -398,6 +398,7 @@ class TiermemEngine:
         )
         if zero_grads:
             self.zero_grad()
+        self._end_pass()
         return False
 
     # -- everything else ------------------------------------------------------------------
@@ -456,6 +457,6 @@ class TiermemEngine:
         self.reducer.remove_hooks()
         if self.param_scheduler is not None:
             self.param_scheduler.remove_hooks()
-        self.shard_optimizer.close()
-        if self.home is not None:
-            self.home.close()
+        if self.placements.stores:
+            self._pass_hook.remove()
+        self.placements.close()

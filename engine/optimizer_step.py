@@ -22,7 +22,7 @@ coefficient) multiplies every gradient.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,11 +52,18 @@ class AdamHyper:
 
 @dataclass(frozen=True)
 class StepItem:
-    """One shard to update: its fp32 gradient and where its new parameters go."""
+    """One shard to update: its fp32 gradient and where its new parameters go.
+
+    ``open_target()`` returns the tensor to write the new compute-dtype
+    parameters into and ``close_target()`` publishes them; an optimizer opens
+    one item's target at a time, just before it writes it, so a parameter tier
+    on NVMe never has to hold every shard in memory at once.
+    """
 
     key: int
     grad: torch.Tensor
-    param_out: torch.Tensor
+    open_target: Callable[[], torch.Tensor]
+    close_target: Callable[[], None]
 
 
 class ShardOptimizer(ABC):
@@ -83,8 +90,10 @@ class ShardOptimizer(ABC):
         return None
 
 
-def _write_out(param_out: torch.Tensor, values: torch.Tensor) -> None:
-    param_out.copy_(values.to(param_out.device))
+def _write_out(item: StepItem, values: torch.Tensor) -> None:
+    target = item.open_target()
+    target.copy_(values.to(target.device))
+    item.close_target()
 
 
 class DeviceShardOptimizer(ShardOptimizer):
@@ -131,7 +140,7 @@ class DeviceShardOptimizer(ShardOptimizer):
         for master in self._master.values():
             master.grad = None
         for item in items:
-            _write_out(item.param_out, self._master[item.key])
+            _write_out(item, self._master[item.key])
 
     def state(self, key: int) -> dict[str, torch.Tensor]:
         master = self._master[key]
@@ -146,6 +155,66 @@ class DeviceShardOptimizer(ShardOptimizer):
     def close(self) -> None:
         self._master.clear()
         self._torch_opt = None
+
+
+def _host_grad(grad: torch.Tensor) -> torch.Tensor:
+    if grad.device.type != "cpu":
+        grad = grad.cpu()
+    return grad.contiguous()
+
+
+def _kernel(
+    states: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    grad: torch.Tensor,
+    out: torch.Tensor,
+    hyper: AdamHyper,
+    *,
+    step: int,
+    grad_scale: float,
+) -> None:
+    master, m, v = states
+    adam.adam_step(
+        master,
+        m,
+        v,
+        grad,
+        step=step,
+        lr=hyper.lr,
+        betas=hyper.betas,
+        eps=hyper.eps,
+        weight_decay=hyper.weight_decay,
+        adamw_mode=hyper.adamw_mode,
+        bias_correction=hyper.bias_correction,
+        clip_coef=grad_scale,
+        param_out=out,
+    )
+
+
+class _HostTarget:
+    """An item's parameter target as a contiguous host tensor for the CPU kernel.
+
+    When the target is elsewhere (a GPU tensor) the kernel writes a host
+    staging tensor that is copied over on exit.
+    """
+
+    def __init__(self, item: StepItem) -> None:
+        self.item = item
+        self.target: torch.Tensor | None = None
+        self.host: torch.Tensor | None = None
+
+    def __enter__(self) -> torch.Tensor:
+        self.target = self.item.open_target()
+        direct = self.target.device.type == "cpu" and self.target.is_contiguous()
+        self.host = (
+            self.target if direct else torch.empty(self.target.numel(), dtype=self.target.dtype)
+        )
+        return self.host
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            if self.host is not self.target:
+                self.target.copy_(self.host)
+            self.item.close_target()
 
 
 class HostShardOptimizer(ShardOptimizer):
@@ -173,33 +242,19 @@ class HostShardOptimizer(ShardOptimizer):
     ) -> None:
         for item in items:
             master, m, v = self._states[item.key]
-            grad = item.grad
-            if grad.device.type != "cpu":
-                grad = grad.cpu()
-            grad = grad.contiguous()
-            out = item.param_out
-            direct = out.device.type == "cpu" and out.is_contiguous()
-            host_out = out if direct else torch.empty(out.numel(), dtype=out.dtype)
-            n, chunk = master.numel(), self.sub_group_size
-            for lo in range(0, n, chunk):
-                hi = min(n, lo + chunk)
-                adam.adam_step(
-                    master[lo:hi],
-                    m[lo:hi],
-                    v[lo:hi],
-                    grad[lo:hi],
-                    step=step,
-                    lr=hyper.lr,
-                    betas=hyper.betas,
-                    eps=hyper.eps,
-                    weight_decay=hyper.weight_decay,
-                    adamw_mode=hyper.adamw_mode,
-                    bias_correction=hyper.bias_correction,
-                    clip_coef=grad_scale,
-                    param_out=host_out[lo:hi],
-                )
-            if not direct:
-                out.copy_(host_out)
+            grad = _host_grad(item.grad)
+            with _HostTarget(item) as out:
+                n, chunk = master.numel(), self.sub_group_size
+                for lo in range(0, n, chunk):
+                    hi = min(n, lo + chunk)
+                    _kernel(
+                        (master[lo:hi], m[lo:hi], v[lo:hi]),
+                        grad[lo:hi],
+                        out[lo:hi],
+                        hyper,
+                        step=step,
+                        grad_scale=grad_scale,
+                    )
 
     def state(self, key: int) -> dict[str, torch.Tensor]:
         master, m, v = self._states[key]

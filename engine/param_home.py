@@ -22,6 +22,10 @@ class ParamHome(ABC):
 
     #: the offload device name this home implements ("none", "cpu", "nvme")
     placement: str = ""
+    #: whether :meth:`load` returns the shard's own storage, valid until the next
+    #: update (so a one-shard group may use it as its flat buffer), rather than a
+    #: buffer valid only until :meth:`unload`
+    stable: bool = True
 
     @abstractmethod
     def put(self, key: int, shard: torch.Tensor) -> None:

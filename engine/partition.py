@@ -33,9 +33,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+
 from tiermem.engine.comm import Communicator, Pending
 from tiermem.engine.param_home import ParamHome
-from torch import nn
 
 __all__ = [
     "FlatParamGroup",
@@ -270,7 +271,12 @@ class FlatParamGroup:
         shard = self.home.load(self.index)
         self._loaded = True
         lay = self.layout
-        if lay.num_shards == 1 and shard.device == self.device and shard.dtype == self.dtype:
+        if (
+            lay.num_shards == 1
+            and self.home.stable
+            and shard.device == self.device
+            and shard.dtype == self.dtype
+        ):
             self.flat = shard  # one shard is the whole buffer: no copy
             self._pending = None
         else:

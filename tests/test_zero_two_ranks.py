@@ -11,19 +11,25 @@ from zero_helpers import (
     run_ranks,
 )
 
-CASES = [(0, "none", 1)] + [(s, o, 1) for s in (1, 2, 3) for o in ("none", "cpu")] + [(3, "cpu", 2)]
+CASES = [(0, "none", 1)] + [(s, o, 1) for s in (1, 2, 3) for o in ("none", "cpu")]
+CASES += [(3, "cpu", 2), (3, "nvme", 1)]
 
 
-def _train_all_cases(rank: int, world: int) -> dict:
+def _train_all_cases(rank: int, world: int, nvme_path: str) -> dict:
     out = {}
     for stage, offload, gas in CASES:
         cfg = config(stage=stage, offload=offload, world=world, gas=gas, clip=1.0 if gas > 1 else 0)
+        if offload == "nvme":  # parameters and optimizer states, each rank in its own subdir
+            nvme = {"device": "nvme", "nvme_path": nvme_path, "buffer_count": 1}
+            cfg["zero_optimization"].update(
+                offload_param=nvme, offload_optimizer=nvme, sub_group_size=1000
+            )
         out[(stage, offload, gas)] = engine_losses(cfg, rank=rank, world=world)
     return out
 
 
-def test_two_ranks_match_one_rank():
-    ranks = run_ranks(_train_all_cases)
+def test_two_ranks_match_one_rank(tmp_path):
+    ranks = run_ranks(_train_all_cases, str(tmp_path))
     single = reference_losses()
     single_gas = reference_losses(Reference(gas=2, clip=1.0))
     for case in CASES:

@@ -1,0 +1,202 @@
+"""NVMe placements through the tiered store: parameter shards and optimizer states.
+
+Everything on NVMe goes through :class:`tiermem.store.TensorStore`; the
+engine never touches files or io_uring. One store serves both placements when
+they share their ``nvme_path`` so that its access schedule (recorded on the
+first training step, replayed as prefetches on later ones) covers the whole
+step: parameter fetches in forward and backward, then the optimizer's
+sub-groups.
+
+* :class:`StoreParamHome`: each group's compute-dtype parameter shard is a
+  store tensor homed on NVMe; a gather fetches it into host memory, copies it
+  out and releases it; an update fetches it, lets the CPU Adam write the new
+  values into it, and releases it dirty.
+* :class:`NvmeShardOptimizer`: each sub-group (at most ``sub_group_size``
+  elements of one shard) is one store tensor ``[master | exp_avg | exp_avg_sq]``
+  in fp32. The step runs down the sub-groups fetching the next one before
+  updating the current and releasing it dirty, so the read of sub-group
+  ``i + 1``, the update of ``i`` and the write-back of ``i - 1`` overlap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tiermem.engine.optimizer_step import (
+    AdamHyper,
+    ShardOptimizer,
+    StepItem,
+    _host_grad,
+    _HostTarget,
+    _kernel,
+)
+from tiermem.engine.param_home import ParamHome
+from tiermem.store import FetchHandle, StoreConfig, TensorStore, TierKind
+
+__all__ = ["NvmeShardOptimizer", "StoreParamHome", "StoreSpec", "open_store", "rank_paths"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreSpec:
+    """How to open the engine's store."""
+
+    paths: tuple[str, ...]
+    host_bytes: int
+    prefetch_bytes: int
+    pin_memory: bool = False
+    aio: object = None
+
+
+def rank_paths(paths: Sequence[str], rank: int) -> tuple[str, ...]:
+    """One subdirectory per rank under each configured ``nvme_path`` (created)."""
+    if not paths:
+        raise ValueError("nvme offload needs nvme_path")
+    out = []
+    for path in paths:
+        sub = Path(path) / f"tiermem_rank{rank}"
+        sub.mkdir(parents=True, exist_ok=True)
+        out.append(os.fspath(sub))
+    return tuple(out)
+
+
+def open_store(spec: StoreSpec) -> TensorStore:
+    """A scratch store (files removed at close) with the given budget and places."""
+    kwargs = {}
+    if spec.aio is not None:
+        kwargs["aio"] = spec.aio
+    cfg = StoreConfig(
+        host_bytes=int(spec.host_bytes),
+        nvme_paths=spec.paths,
+        prefetch_bytes=int(spec.prefetch_bytes),
+        pin_memory=bool(spec.pin_memory),
+        **kwargs,
+    )
+    return TensorStore(cfg)
+
+
+class StoreParamHome(ParamHome):
+    """Parameter shards homed on NVMe in the store (``offload_param.device: nvme``)."""
+
+    placement = "nvme"
+    stable = False
+
+    def __init__(self, store: TensorStore, device: torch.device) -> None:
+        self.store = store
+        self.device = device
+        self._numel: dict[int, int] = {}
+        self._open: dict[int, torch.Tensor] = {}
+
+    @staticmethod
+    def _name(key: int) -> str:
+        return f"param.{key}"
+
+    def put(self, key: int, shard: torch.Tensor) -> None:
+        flat = shard.detach().reshape(-1).cpu()
+        self.store.register(self._name(key), flat.numel(), flat.dtype, init=flat)
+        self._numel[key] = flat.numel()
+
+    def load(self, key: int) -> torch.Tensor:
+        host = self.store.fetch(self._name(key), TierKind.HOST).wait()
+        if self.device.type == "cpu":
+            return host
+        dev = host.to(self.device, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()  # before the host copy may go
+        return dev
+
+    def unload(self, key: int) -> None:
+        self.store.release(self._name(key))
+
+    def open_for_update(self, key: int) -> torch.Tensor:
+        return self.store.fetch(self._name(key), TierKind.HOST).wait()
+
+    def close_update(self, key: int) -> None:
+        self.store.release(self._name(key), dirty=True)
+
+    def numel(self, key: int) -> int:
+        return self._numel[key]
+
+
+class NvmeShardOptimizer(ShardOptimizer):
+    """Adam states on NVMe, updated one sub-group at a time, pipelined through the store."""
+
+    placement = "nvme"
+
+    def __init__(self, store: TensorStore, *, sub_group_size: int) -> None:
+        if sub_group_size <= 0:
+            raise ValueError(f"sub_group_size must be positive, got {sub_group_size}")
+        self.store = store
+        self.sub_group_size = int(sub_group_size)
+        self._chunks: dict[int, list[tuple[int, int]]] = {}
+
+    @staticmethod
+    def _name(key: int, index: int) -> str:
+        return f"adam.{key}.{index}"
+
+    def add(self, key: int, master: torch.Tensor) -> None:
+        flat = master.detach().reshape(-1).to("cpu", torch.float32)
+        chunks = []
+        for index, lo in enumerate(range(0, flat.numel(), self.sub_group_size)):
+            hi = min(flat.numel(), lo + self.sub_group_size)
+            packed = torch.zeros(3 * (hi - lo), dtype=torch.float32)
+            packed[: hi - lo].copy_(flat[lo:hi])
+            self.store.register(self._name(key, index), packed.numel(), torch.float32, init=packed)
+            chunks.append((lo, hi))
+        self._chunks[key] = chunks
+
+    def step(
+        self, items: Sequence[StepItem], hyper: AdamHyper, *, step: int, grad_scale: float
+    ) -> None:
+        plan = [
+            (item, index, lo, hi)
+            for item in items
+            for index, (lo, hi) in enumerate(self._chunks[item.key])
+        ]
+        if not plan:
+            return
+        grads = {}
+        pending: FetchHandle = self.store.fetch(self._name(plan[0][0].key, 0), TierKind.HOST)
+        target: _HostTarget | None = None
+        out: torch.Tensor | None = None
+        for pos, (item, index, lo, hi) in enumerate(plan):
+            current = pending
+            if pos + 1 < len(plan):  # read the next sub-group while this one updates
+                nxt = plan[pos + 1]
+                pending = self.store.fetch(self._name(nxt[0].key, nxt[1]), TierKind.HOST)
+            if index == 0:
+                target = _HostTarget(item)
+                out = target.__enter__()
+                grads[item.key] = _host_grad(item.grad)
+            packed = current.wait()
+            n = hi - lo
+            states = (packed[:n], packed[n : 2 * n], packed[2 * n :])
+            _kernel(
+                states,
+                grads[item.key][lo:hi],
+                out[lo:hi],
+                hyper,
+                step=step,
+                grad_scale=grad_scale,
+            )
+            self.store.release(self._name(item.key, index), dirty=True)  # written back async
+            if index == len(self._chunks[item.key]) - 1:
+                target.__exit__(None, None, None)
+                grads.pop(item.key)
+
+    def state(self, key: int) -> dict[str, torch.Tensor]:
+        parts: dict[str, list[torch.Tensor]] = {"master": [], "exp_avg": [], "exp_avg_sq": []}
+        for index, (lo, hi) in enumerate(self._chunks[key]):
+            packed = self.store.fetch(self._name(key, index), TierKind.HOST).wait()
+            n = hi - lo
+            parts["master"].append(packed[:n].clone())
+            parts["exp_avg"].append(packed[n : 2 * n].clone())
+            parts["exp_avg_sq"].append(packed[2 * n :].clone())
+            self.store.release(self._name(key, index))
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    def close(self) -> None:
+        self._chunks.clear()

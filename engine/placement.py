@@ -1,0 +1,126 @@
+"""Choose where parameter shards and optimizer states live, from ``zero_optimization``.
+
+``offload_param.device`` picks the stage 3 :class:`~tiermem.engine.param_home.ParamHome`
+(device, host, NVMe) and ``offload_optimizer.device`` the
+:class:`~tiermem.engine.optimizer_step.ShardOptimizer` (device, host, NVMe).
+NVMe placements share one :class:`~tiermem.store.TensorStore` when their
+``nvme_path`` lists are the same, else each gets its own.
+
+[Note: the store's host budget is sized from the ZeRO buffer counts as
+DeepSpeed uses them: ``offload_param.buffer_count`` largest parameter
+shards plus ``offload_optimizer.buffer_count`` optimizer sub-groups
+(``[master | m | v]``, 12 bytes per element), plus twice the prefetch
+window. The store evicts (writing dirty copies home first) whatever does
+not fit.]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from tiermem.engine.optimizer_step import DeviceShardOptimizer, HostShardOptimizer, ShardOptimizer
+from tiermem.engine.param_home import DeviceParamHome, HostParamHome, ParamHome
+from tiermem.engine.partition import GroupLayout
+from tiermem.engine.settings import EngineSettings
+
+__all__ = ["Placements", "build_placements"]
+
+
+@dataclass
+class Placements:
+    """The parameter home (stage 3 only), the optimizer tier and any stores they use."""
+
+    home: ParamHome | None
+    shard_optimizer: ShardOptimizer
+    stores: list = field(default_factory=list)
+
+    def begin_pass(self) -> None:
+        """A training step starts (the stores replay their recorded schedule)."""
+        for store in self.stores:
+            store.begin_pass()
+
+    def end_pass(self) -> None:
+        """A training step ended."""
+        for store in self.stores:
+            store.end_pass()
+
+    def close(self) -> None:
+        """Free states and shards and close the stores (removing their scratch files)."""
+        self.shard_optimizer.close()
+        if self.home is not None:
+            self.home.close()
+        for store in self.stores:
+            store.close()
+        self.stores.clear()
+
+
+def _round_up(n: int, multiple: int = 4096) -> int:
+    return -(-n // multiple) * multiple
+
+
+def build_placements(
+    settings: EngineSettings,
+    *,
+    device: torch.device,
+    rank: int,
+    dtype: torch.dtype,
+    layouts: Sequence[GroupLayout],
+) -> Placements:
+    """Build the placements ``settings`` asks for, for groups with these ``layouts``."""
+    zero = settings.zero
+    param_where = zero.offload_param if zero.stage == 3 else "none"
+    opt_where = zero.offload_optimizer
+    largest_shard = max((lay.shard_numel for lay in layouts), default=1)
+    elem = torch.empty((), dtype=dtype).element_size()
+    param_bytes = _round_up(largest_shard * elem)
+    chunk_bytes = _round_up(min(zero.sub_group_size, largest_shard) * 12)
+    stores: dict[tuple[str, ...], object] = {}
+
+    def store_for(paths: tuple[str, ...]):
+        from tiermem.engine.nvme_tiers import StoreSpec, open_store, rank_paths
+
+        if not paths:
+            raise ValueError("zero_optimization: an nvme offload needs nvme_path")
+        if paths not in stores:
+            prefetch = 2 * max(param_bytes if param_where == "nvme" else 0, chunk_bytes)
+            host = 2 * prefetch
+            if param_where == "nvme":  # the buffers, plus one shard open for its update
+                host += (zero.param_buffer_count + 1) * param_bytes
+            if opt_where == "nvme":  # at least the sub-group updated and the one read ahead
+                host += (max(zero.optimizer_buffer_count, 2) + 1) * chunk_bytes
+            spec = StoreSpec(
+                paths=rank_paths(paths, rank),
+                host_bytes=host,
+                prefetch_bytes=prefetch,
+                pin_memory=zero.pin_memory and device.type == "cuda",
+                aio=settings.aio,
+            )
+            stores[paths] = open_store(spec)
+        return stores[paths]
+
+    home: ParamHome | None = None
+    if zero.stage == 3:
+        if param_where == "none":
+            home = DeviceParamHome(device)
+        elif param_where == "cpu":
+            home = HostParamHome(device, pin_memory=zero.pin_memory)
+        else:
+            from tiermem.engine.nvme_tiers import StoreParamHome
+
+            home = StoreParamHome(store_for(zero.param_nvme_path), device)
+    if opt_where == "none":
+        shard_optimizer: ShardOptimizer = DeviceShardOptimizer(device)
+    elif opt_where == "cpu":
+        shard_optimizer = HostShardOptimizer(
+            sub_group_size=zero.sub_group_size, pin_memory=zero.pin_memory
+        )
+    else:
+        from tiermem.engine.nvme_tiers import NvmeShardOptimizer
+
+        shard_optimizer = NvmeShardOptimizer(
+            store_for(zero.optimizer_nvme_path), sub_group_size=zero.sub_group_size
+        )
+    return Placements(home=home, shard_optimizer=shard_optimizer, stores=list(stores.values()))
