@@ -162,7 +162,7 @@ class TiermemEngine:
         self.global_samples = 0
         self.micro_steps = 0
         self.skipped_steps = 0
-        self._adam_steps = 0
+        self._group_steps: dict[int, int] = {}
         self._grad_loss_scale = 1.0
         self._global_grad_norm: float | None = None
         self._hyper_settings = (
@@ -355,7 +355,7 @@ class TiermemEngine:
         if self.param_scheduler is not None:
             self.param_scheduler.free_unused()
         self.reducer.wait_all()
-        keys = [g.index for g in self.groups if g.trainable]
+        keys = self.reducer.stepped_groups()
         grads = {gi: self.reducer.owner_grad(gi) for gi in keys}
         inv_scale = 1.0 / self._grad_loss_scale
         clip = self.settings.gradient_clipping
@@ -369,14 +369,16 @@ class TiermemEngine:
                 return self._skip_step(zero_grads)
             if clip > 0:
                 clip_coef = min(1.0, clip / (norm + 1e-6))
-        self._adam_steps += 1
-        items = [
-            StepItem(gi, grads[gi], self.groups[gi].update_target, self.groups[gi].after_update)
-            for gi in keys
-        ]
-        self.shard_optimizer.step(
-            items, self._hyper(), step=self._adam_steps, grad_scale=inv_scale * clip_coef
-        )
+        items = []
+        for gi in keys:
+            self._group_steps[gi] = self._group_steps.get(gi, 0) + 1
+            group = self.groups[gi]
+            items.append(
+                StepItem(
+                    gi, grads[gi], group.update_target, group.after_update, self._group_steps[gi]
+                )
+            )
+        self.shard_optimizer.step(items, self._hyper(), grad_scale=inv_scale * clip_coef)
         self.loss_scaler.update(False)
         self.global_steps += 1
         self.global_samples += self.settings.train_batch_size

@@ -100,6 +100,8 @@ class GradReducer:
         self._reduced: set[int] = set()
         self._in_flight: list[tuple[int, Pending, torch.Tensor, torch.Tensor]] = []
         self.has_grads = False
+        # groups that received at least one real gradient since the last zero()
+        self.touched: set[int] = set()
         self._handles = []
         for gi in self.trainable:
             group = self.groups[gi]
@@ -133,6 +135,7 @@ class GradReducer:
         if grad is None:
             return
         slot = self.groups[gi].layout.slots[slot_index]
+        self.touched.add(gi)
         bucket = self._bucket_for(gi)
         bucket[slot.offset : slot.offset + slot.numel].copy_(grad.reshape(-1))
         if gi in self._reduced:
@@ -197,6 +200,21 @@ class GradReducer:
         lay = self.groups[gi].layout
         return acc[lay.shard_start : lay.shard_end]
 
+    def stepped_groups(self) -> list[int]:
+        """Trainable groups that got a gradient on some rank since the last :meth:`zero`.
+
+        Like torch's optimizers skipping parameters whose ``grad`` is None, the
+        engine leaves a group that no backward reached untouched (no weight
+        decay, no momentum step). A collective when there are several ranks.
+        """
+        if self.comm.world_size == 1:
+            return [gi for gi in self.trainable if gi in self.touched]
+        flags = torch.zeros(len(self.groups), dtype=torch.float32, device=self.groups[0].device)
+        for gi in self.touched:
+            flags[gi] = 1.0
+        self.comm.all_reduce(flags)
+        return [gi for gi in self.trainable if flags[gi] > 0]
+
     def full_grad(self, gi: int) -> torch.Tensor | None:
         """The full fp32 flat gradient of group ``gi`` (stages 0/1 only, else None)."""
         return None if self.shard_grads else self.accum[gi]
@@ -206,3 +224,4 @@ class GradReducer:
         for acc in self.accum.values():
             acc.zero_()
         self.has_grads = False
+        self.touched.clear()

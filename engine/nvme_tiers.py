@@ -148,9 +148,7 @@ class NvmeShardOptimizer(ShardOptimizer):
             chunks.append((lo, hi))
         self._chunks[key] = chunks
 
-    def step(
-        self, items: Sequence[StepItem], hyper: AdamHyper, *, step: int, grad_scale: float
-    ) -> None:
+    def step(self, items: Sequence[StepItem], hyper: AdamHyper, *, grad_scale: float) -> None:
         plan = [
             (item, index, lo, hi)
             for item in items
@@ -179,7 +177,7 @@ class NvmeShardOptimizer(ShardOptimizer):
                 grads[item.key][lo:hi],
                 out[lo:hi],
                 hyper,
-                step=step,
+                step=item.step,
                 grad_scale=grad_scale,
             )
             self.store.release(self._name(item.key, index), dirty=True)  # written back async

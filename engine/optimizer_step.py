@@ -64,6 +64,7 @@ class StepItem:
     grad: torch.Tensor
     open_target: Callable[[], torch.Tensor]
     close_target: Callable[[], None]
+    step: int = 1
 
 
 class ShardOptimizer(ABC):
@@ -76,10 +77,8 @@ class ShardOptimizer(ABC):
         """Register shard ``key`` with fp32 initial values ``master`` (copied)."""
 
     @abstractmethod
-    def step(
-        self, items: Sequence[StepItem], hyper: AdamHyper, *, step: int, grad_scale: float
-    ) -> None:
-        """One update of every shard in ``items``; ``step`` is 1-based."""
+    def step(self, items: Sequence[StepItem], hyper: AdamHyper, *, grad_scale: float) -> None:
+        """One update of every shard in ``items`` (each at its ``item.step``)."""
 
     @abstractmethod
     def state(self, key: int) -> dict[str, torch.Tensor]:
@@ -121,9 +120,7 @@ class DeviceShardOptimizer(ShardOptimizer):
             self._adamw_mode = hyper.adamw_mode
         return self._torch_opt
 
-    def step(
-        self, items: Sequence[StepItem], hyper: AdamHyper, *, step: int, grad_scale: float
-    ) -> None:
+    def step(self, items: Sequence[StepItem], hyper: AdamHyper, *, grad_scale: float) -> None:
         if not hyper.bias_correction:
             raise ValueError("the device optimizer needs bias_correction=True (torch's Adam)")
         opt = self._optimizer(hyper)
@@ -237,9 +234,7 @@ class HostShardOptimizer(ShardOptimizer):
         v = torch.zeros(n, dtype=torch.float32, pin_memory=self.pin)
         self._states[key] = (values, m, v)
 
-    def step(
-        self, items: Sequence[StepItem], hyper: AdamHyper, *, step: int, grad_scale: float
-    ) -> None:
+    def step(self, items: Sequence[StepItem], hyper: AdamHyper, *, grad_scale: float) -> None:
         for item in items:
             master, m, v = self._states[item.key]
             grad = _host_grad(item.grad)
@@ -252,7 +247,7 @@ class HostShardOptimizer(ShardOptimizer):
                         grad[lo:hi],
                         out[lo:hi],
                         hyper,
-                        step=step,
+                        step=item.step,
                         grad_scale=grad_scale,
                     )
 
