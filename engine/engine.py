@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from tiermem import adam
+from tiermem.engine.checkpointing import ActivationCheckpointing
 from tiermem.engine.comm import Communicator
 from tiermem.engine.grads import BackwardPass, GradReducer
 from tiermem.engine.hooks import ParamScheduler
@@ -170,6 +171,9 @@ class TiermemEngine:
             if client_optimizer is not None
             else settings.optimizer
         )
+        self.activation_checkpointing = ActivationCheckpointing(
+            cpu_checkpointing=settings.cpu_checkpointing
+        )
         self._build_groups()
         self._build_optimizer(client_optimizer)
         self.lr_scheduler = self._build_lr_scheduler(lr_scheduler)
@@ -286,6 +290,11 @@ class TiermemEngine:
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped module."""
         return self.module(*args, **kwargs)
+
+    def checkpoint(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``function`` with activation checkpointing as the config says (see
+        :mod:`tiermem.engine.checkpointing`); call it from the model's forward."""
+        return self.activation_checkpointing.checkpoint(function, *args, **kwargs)
 
     @property
     def gradient_accumulation_steps(self) -> int:

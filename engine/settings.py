@@ -63,6 +63,7 @@ class EngineSettings:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     zero: ZeroSettings = field(default_factory=ZeroSettings)
     aio: Any = None
+    cpu_checkpointing: bool = False
     raw: Any = None
 
 
@@ -139,5 +140,6 @@ def engine_settings(config: Any, *, world_size: int, model: Any = None) -> Engin
         precision=precision,
         zero=zero,
         aio=cfg.aio.to_aio_config(),
+        cpu_checkpointing=bool(cfg.activation_checkpointing.cpu_checkpointing),
         raw=cfg,
     )

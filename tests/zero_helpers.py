@@ -46,10 +46,14 @@ class Block(nn.Module):
 
 
 class TinyGPT(nn.Module):
-    """A GPT with tied input embedding and LM head; ``forward(idx, targets)`` returns the loss."""
+    """A GPT with tied input embedding and LM head; ``forward(idx, targets)`` returns the loss.
+
+    ``checkpoint_fn``, when set, runs each block as ``checkpoint_fn(block, x)``.
+    """
 
     def __init__(self) -> None:
         super().__init__()
+        self.checkpoint_fn: Callable | None = None
         self.wte = nn.Embedding(VOCAB, HIDDEN)
         self.wpe = nn.Embedding(SEQ, HIDDEN)
         self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
@@ -66,7 +70,7 @@ class TinyGPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         x = self.wte(idx) + self.wpe(self.positions[: idx.shape[1]])
         for block in self.blocks:
-            x = block(x)
+            x = self.checkpoint_fn(block, x) if self.checkpoint_fn is not None else block(x)
         logits = self.lm_head(self.ln_f(x))
         return F.cross_entropy(logits.float().view(-1, VOCAB), targets.reshape(-1))
 
