@@ -1,0 +1,224 @@
+"""Chunked access to where the engine keeps a rank's shards: parameter values and Adam states.
+
+A checkpoint streams each shard through these accessors one chunk at a time
+(the optimizer's sub-groups on NVMe, at most :data:`CHUNK_ELEMENTS` elsewhere),
+so a save or load never holds more than a chunk of any state in host memory
+beyond where the engine already keeps it.
+
+* :func:`optimizer_access` wraps the engine's
+  :class:`~tiermem.engine.optimizer_step.ShardOptimizer`: fp32 ``master``,
+  ``exp_avg`` and ``exp_avg_sq`` of a shard range, to read (save) or to fill
+  (load).
+* :func:`read_param_shard` / :func:`param_shard_target` give a group's
+  compute-dtype parameter shard, wherever its home is.
+
+[Note: the shard optimizers expose whole-shard copies only
+(``ShardOptimizer.state``), so these accessors read the placements'
+storage directly (by ``placement``: ``none`` device tensors and torch's
+optimizer state, ``cpu`` host tensors, ``nvme`` store sub-groups
+``[master | m | v]``). A chunked read/write API on ``ShardOptimizer`` would
+let this module drop that knowledge.]
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "KINDS",
+    "OptimizerStateAccess",
+    "optimizer_access",
+    "param_shard_target",
+    "read_param_shard",
+]
+
+#: the fp32 optimizer states of a shard, in checkpoint order
+KINDS = ("master", "exp_avg", "exp_avg_sq")
+#: largest chunk (elements) streamed at once where the placement has no sub-groups of its own
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _even_chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(lo, min(n, lo + size)) for lo in range(0, n, size)] or [(0, 0)]
+
+
+class OptimizerStateAccess(ABC):
+    """Chunks of a rank's Adam states (fp32), keyed like the shard optimizer (group index)."""
+
+    @abstractmethod
+    def numel(self, key: int) -> int:
+        """Elements of shard ``key``."""
+
+    def chunks(self, key: int) -> list[tuple[int, int]]:
+        """``[lo, hi)`` ranges of shard ``key`` to stream one at a time."""
+        return _even_chunks(self.numel(key), CHUNK_ELEMENTS)
+
+    @abstractmethod
+    @contextmanager
+    def read(self, key: int, lo: int, hi: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Host fp32 tensors of ``KINDS`` for elements ``[lo, hi)``, valid inside the block."""
+
+    @abstractmethod
+    @contextmanager
+    def write(self, key: int, lo: int, hi: int, *, step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Host fp32 tensors to fill with ``KINDS`` of ``[lo, hi)``; stored when the block ends.
+
+        ``step`` is the group's Adam step count (the device placement keeps it in
+        torch's optimizer state).
+        """
+
+
+class _HostAccess(OptimizerStateAccess):
+    def __init__(self, opt: Any) -> None:
+        self.states: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = opt._states
+
+    def numel(self, key: int) -> int:
+        return self.states[key][0].numel()
+
+    @contextmanager
+    def read(self, key: int, lo: int, hi: int) -> Iterator[dict[str, torch.Tensor]]:
+        yield {k: t[lo:hi] for k, t in zip(KINDS, self.states[key], strict=True)}
+
+    @contextmanager
+    def write(self, key: int, lo: int, hi: int, *, step: int) -> Iterator[dict[str, torch.Tensor]]:
+        yield {k: t[lo:hi] for k, t in zip(KINDS, self.states[key], strict=True)}
+
+
+def _scalar_dtype() -> torch.dtype:
+    # the dtype torch's Adam keeps its "step" in (non-fused, non-capturable)
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class _DeviceAccess(OptimizerStateAccess):
+    """States on the compute device; moments live in torch's optimizer state."""
+
+    def __init__(self, opt: Any, hyper: Any) -> None:
+        self.opt = opt
+        self.hyper = hyper
+
+    def numel(self, key: int) -> int:
+        return self.opt._master[key].numel()
+
+    def _moments(self, key: int) -> dict[str, torch.Tensor]:
+        master = self.opt._master[key]
+        torch_opt = self.opt._torch_opt
+        return torch_opt.state.get(master, {}) if torch_opt is not None else {}
+
+    @contextmanager
+    def read(self, key: int, lo: int, hi: int) -> Iterator[dict[str, torch.Tensor]]:
+        master = self.opt._master[key]
+        st = self._moments(key)
+        out = {"master": master[lo:hi].detach().cpu()}
+        for kind in KINDS[1:]:
+            t = st.get(kind)
+            out[kind] = t[lo:hi].detach().cpu() if t is not None else torch.zeros(hi - lo)
+        yield out
+
+    @contextmanager
+    def write(self, key: int, lo: int, hi: int, *, step: int) -> Iterator[dict[str, torch.Tensor]]:
+        host = {k: torch.empty(hi - lo, dtype=torch.float32) for k in KINDS}
+        yield host
+        master = self.opt._master[key]
+        with torch.no_grad():
+            master[lo:hi].copy_(host["master"])
+        if step <= 0:
+            return  # torch initialises the moments at the group's first step
+        torch_opt = self.opt._optimizer(self.hyper())
+        st = torch_opt.state[master]
+        if "exp_avg" not in st:
+            st["step"] = torch.tensor(float(step), dtype=_scalar_dtype())
+            st["exp_avg"] = torch.zeros_like(master, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(master, memory_format=torch.preserve_format)
+        st["step"].fill_(float(step))
+        st["exp_avg"][lo:hi].copy_(host["exp_avg"])
+        st["exp_avg_sq"][lo:hi].copy_(host["exp_avg_sq"])
+
+
+class _StoreAccess(OptimizerStateAccess):
+    """States on NVMe: one store tensor ``[master | m | v]`` per sub-group."""
+
+    def __init__(self, opt: Any) -> None:
+        self.opt = opt
+        self.store = opt.store
+
+    def numel(self, key: int) -> int:
+        chunks = self.opt._chunks[key]
+        return chunks[-1][1] if chunks else 0
+
+    def chunks(self, key: int) -> list[tuple[int, int]]:
+        return list(self.opt._chunks[key]) or [(0, 0)]
+
+    def _index(self, key: int, lo: int, hi: int) -> int:
+        try:
+            return self.opt._chunks[key].index((lo, hi))
+        except ValueError:
+            raise ValueError(f"[{lo}, {hi}) is not a sub-group of shard {key}") from None
+
+    @contextmanager
+    def _packed(self, key: int, lo: int, hi: int, *, dirty: bool):
+        from tiermem.store import TierKind
+
+        name = self.opt._name(key, self._index(key, lo, hi))
+        packed = self.store.fetch(name, TierKind.HOST).wait()
+        n = hi - lo
+        ok = False
+        try:
+            yield dict(zip(KINDS, (packed[:n], packed[n : 2 * n], packed[2 * n :]), strict=True))
+            ok = True
+        finally:
+            self.store.release(name, dirty=dirty and ok)
+
+    @contextmanager
+    def read(self, key: int, lo: int, hi: int) -> Iterator[dict[str, torch.Tensor]]:
+        with self._packed(key, lo, hi, dirty=False) as views:
+            yield views
+
+    @contextmanager
+    def write(self, key: int, lo: int, hi: int, *, step: int) -> Iterator[dict[str, torch.Tensor]]:
+        with self._packed(key, lo, hi, dirty=True) as views:
+            yield views
+
+
+def optimizer_access(shard_optimizer: Any, *, hyper: Any) -> OptimizerStateAccess:
+    """The accessor for ``shard_optimizer`` (by its ``placement``); ``hyper()`` gives the
+    current :class:`~tiermem.engine.optimizer_step.AdamHyper` (device placement only)."""
+    placement = getattr(shard_optimizer, "placement", None)
+    if placement == "cpu":
+        return _HostAccess(shard_optimizer)
+    if placement == "none":
+        return _DeviceAccess(shard_optimizer, hyper)
+    if placement == "nvme":
+        return _StoreAccess(shard_optimizer)
+    raise TypeError(
+        f"checkpoints do not know the optimizer placement {placement!r} "
+        f"({type(shard_optimizer).__name__})"
+    )
+
+
+@contextmanager
+def read_param_shard(group: Any) -> Iterator[torch.Tensor]:
+    """This rank's compute-dtype parameter shard of ``group`` (any device), inside the block."""
+    lay = group.layout
+    if not group.partitioned:
+        yield group.flat[lay.shard_start : lay.shard_end]
+        return
+    shard = group.home.load(group.index)
+    try:
+        yield shard
+    finally:
+        group.home.unload(group.index)
+
+
+@contextmanager
+def param_shard_target(group: Any) -> Iterator[torch.Tensor]:
+    """A tensor to write this rank's new parameter shard into; published (and regathered
+    where the group is gathered) when the block ends. A collective with several ranks."""
+    target = group.update_target()
+    yield target
+    group.after_update()
