@@ -42,7 +42,7 @@ SCRATCH_NAME = re.compile(r"^tiermem-(\d+)-(\d+)\.swap$")
 # [Note: without a byte budget the files grow by at least this much at a time
 #  (less when the filesystem has less free), so growth is rare but a small
 #  disk is still usable to the last unit.]
-GROW_CHUNK = 256 << 20
+GROW_CHUNK = 64 << 20
 
 
 @dataclass(frozen=True)

@@ -911,6 +911,17 @@ class TensorStore:
                 if evicting:
                     self._wait_flush(evicting[0])
                     continue
+                # copies still arriving for a prefetch become evictable once done
+                loading = [
+                    x.copies[tier].load
+                    for x in self._resident[tier].values()
+                    if x.copies[tier].state is R.LOADING
+                    and not (x.copies[tier].refs or x.copies[tier].pins or x.copies[tier].holds)
+                    and x.copies[tier] is not keep
+                ]
+                if loading:
+                    self._wait_load(loading[0])
+                    continue
                 raise self._budget_error(tier, need, for_name)
             e, c = victims[0]
             self._evict(e, c)
