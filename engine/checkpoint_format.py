@@ -593,7 +593,13 @@ def read_latest(save_dir: str | os.PathLike) -> str:
 
 
 def resolve_checkpoint(save_dir: str | os.PathLike, tag: str | None) -> Path:
-    """The directory of checkpoint ``tag`` (``latest``'s when None)."""
+    """The directory of checkpoint ``tag`` (``latest``'s when None).
+
+    With ``tag=None``, ``save_dir`` may also be a checkpoint directory itself
+    (one holding ``manifest.json``).
+    """
+    if tag is None and (Path(save_dir) / MANIFEST).is_file():
+        return Path(save_dir)
     tag = read_latest(save_dir) if tag is None else validate_tag(tag)
     path = Path(save_dir) / tag
     if path.is_dir():
