@@ -1,5 +1,6 @@
 """Tiered tensor store: named flat tensors paged between device, host and NVMe."""
 
+from tiermem.store.config import StoreConfig
 from tiermem.store.errors import (
     StoreBudgetError,
     StoreCorruptionError,
@@ -7,7 +8,7 @@ from tiermem.store.errors import (
     StoreScheduleWarning,
 )
 from tiermem.store.states import IllegalTransition, Residency, TierKind
-from tiermem.store.store import FetchHandle, StoreConfig, TensorStore
+from tiermem.store.store import FetchHandle, TensorStore
 
 __all__ = [
     "FetchHandle",

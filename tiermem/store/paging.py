@@ -1,0 +1,496 @@
+"""The paging machinery of the store: loads into a tier, write-backs to NVMe,
+eviction and prefetch.
+
+[Note: everything here runs on the caller's thread, inside store calls. The
+transfers run in the native I/O engines and on the CUDA side stream; the store
+notices that they finished when it is next called (:meth:`Pager._pump`) or
+when the caller waits. So no lock is needed, and a transfer that must wait for
+another (a device copy staged through host memory, a read into room that a
+write-back is freeing) starts at the first store call after its predecessor
+finished. Completion times in the trace are therefore when the store saw them.]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from tiermem.checksum import crc32c
+from tiermem.store.config import StoreConfig
+from tiermem.store.errors import StoreBudgetError, StoreCorruptionError, StoreError
+from tiermem.store.nvme import Extent, NvmeTier
+from tiermem.store.records import CopyRecord, EntryRecord, FlushOp, LoadOp
+from tiermem.store.schedule import PrefetchSchedule
+from tiermem.store.states import Residency, TierKind, check_transition
+from tiermem.store.telemetry import StoreTelemetry
+from tiermem.store.tiers import DeviceTier, HostTier, MemoryTier
+
+R = Residency
+MEMORY_TIERS = (TierKind.DEVICE, TierKind.HOST)
+_INF = float("inf")
+
+
+class Pager:
+    """Moves copies between tiers. :class:`~tiermem.store.TensorStore` adds
+    the public operations on top."""
+
+    cfg: StoreConfig
+    schedule: PrefetchSchedule
+    telemetry: StoreTelemetry
+    _device: DeviceTier
+    _host: HostTier
+    _nvme: NvmeTier | None
+    _entries: dict[str, EntryRecord]
+    _resident: dict[TierKind, dict[str, EntryRecord]]
+    _loads: list[LoadOp]
+    _flushes: list[FlushOp]
+
+    def _mem(self, kind: TierKind) -> MemoryTier:
+        return self._device if kind is TierKind.DEVICE else self._host
+
+    # ---- state changes ----
+    def _set(self, e: EntryRecord, c: CopyRecord, new: Residency) -> None:
+        if c.state is new:
+            return
+        check_transition(e.name, c.tier, c.state, new)
+        c.state = new
+        if new is R.ABSENT:
+            self._resident[c.tier].pop(e.name, None)
+            c.prefetched = False
+        else:
+            self._resident[c.tier][e.name] = e
+
+    def _free_copy(self, e: EntryRecord, c: CopyRecord) -> None:
+        """Free a copy's memory and mark it ABSENT."""
+        self._set(e, c, R.ABSENT)
+        if c.block is not None:
+            self._mem(c.tier).free_block(c.block)
+            c.block = None
+
+    def _copy_now(self, e: EntryRecord, dst: CopyRecord, src: CopyRecord) -> None:
+        """Synchronous copy between the memory tiers."""
+        assert dst.block is not None and src.block is not None
+        t0 = time.perf_counter()
+        if src.tier is dst.tier:
+            raise AssertionError("one copy per tier")
+        if dst.tier is TierKind.DEVICE:
+            self._device.copy_in(dst.block, src.block).wait()
+        else:
+            self._device.copy_out(dst.block, src.block).wait()
+        self.telemetry.transfer(src.tier, dst.tier, e.name, e.nbytes, t0, time.perf_counter())
+
+    def _start_flush(self, e: EntryRecord, c: CopyRecord, *, evict: bool) -> FlushOp:
+        """Start writing host copy ``c`` of NVMe-homed ``e`` to a new extent."""
+        assert self._nvme is not None and c.block is not None and c.tier is TierKind.HOST
+        extent = self._nvme.allocate(e.nbytes, e.name)
+        crc = None
+        if self.cfg.checksum:
+            t0 = time.perf_counter()
+            crc = crc32c(c.block.data[: e.nbytes])
+            self.telemetry.checksum(e.nbytes, time.perf_counter() - t0)
+        flush = FlushOp(e, c, extent, crc, evict, time.perf_counter())
+        try:
+            flush.pending = self._nvme.submit_write(extent, c.block.data[: extent.length])
+        except OSError as exc:
+            self._nvme.release(extent)
+            raise self._io_error("writing", e, extent, exc) from exc
+        self._set(e, c, R.EVICTING if evict else R.FLUSHING)
+        nv = e.copies[TierKind.NVME]
+        if nv.state is R.ABSENT:
+            self._set(e, nv, R.LOADING)
+        c.flush = flush
+        self._flushes.append(flush)
+        return flush
+
+    def _io_error(self, what: str, e: EntryRecord, extent: Extent, exc: OSError) -> StoreError:
+        assert self._nvme is not None
+        return StoreError(
+            f"{what} tensor {e.name!r} ({e.nbytes} bytes, extent of {extent.length} at "
+            f"{extent.offset}) in {exc.filename or self._nvme.files_of(extent)} failed: "
+            f"{os.strerror(exc.errno) if exc.errno else exc}; the tensor's previous copy is intact"
+        )
+
+    def _finish_flush(self, f: FlushOp) -> None:
+        if f.finished:
+            return
+        f.finished = True
+        self._flushes.remove(f)
+        e, c = f.entry, f.copy
+        assert self._nvme is not None
+        c.flush = None
+        error = None
+        for r in f.pending:
+            try:
+                r.wait()
+            except OSError as exc:
+                error = error or exc
+        nv = e.copies[TierKind.NVME]
+        if error is not None:
+            self._nvme.release(f.extent)
+            self._set(e, c, R.DIRTY)
+            if nv.state is R.LOADING:
+                self._set(e, nv, R.ABSENT)
+            f.error = self._io_error("writing", e, f.extent, error)
+            return
+        if e.extent is not None:
+            self._nvme.release(e.extent)
+        e.extent, e.crc = f.extent, f.crc
+        self._set(e, nv, R.CLEAN)
+        self.telemetry.transfer(
+            TierKind.HOST, TierKind.NVME, e.name, e.nbytes, f.started, time.perf_counter()
+        )
+        self.telemetry.write_backs += 1
+        for t in MEMORY_TIERS:
+            o = e.copies[t]
+            if o is not c and o.state is R.DIRTY:
+                self._set(e, o, R.CLEAN)
+        if f.evict:
+            self._set(e, c, R.ABSENT)
+            self._free_copy(e, c)
+            self.telemetry.evictions[TierKind.HOST] += 1
+        else:
+            self._set(e, c, R.CLEAN)
+
+    def _wait_flush(self, f: FlushOp | None, *, raise_error: bool = True) -> None:
+        if f is None:
+            return
+        for r in f.pending:
+            try:
+                r.wait()
+            except OSError:
+                pass
+        self._finish_flush(f)
+        if raise_error and f.error is not None:
+            raise f.error
+
+    # ---- loads ----
+    def _start_load(self, e: EntryRecord, tier: TierKind, *, distance: int | None) -> LoadOp | None:
+        """Begin filling the ABSENT copy of ``e`` in ``tier``.
+
+        ``distance`` is None for a demand fetch (makes room or raises); for a
+        prefetch, the fetches until its use: only copies needed later are
+        evicted for it, and None is returned when it cannot start now.
+        """
+        c = e.copies[tier]
+        prefetch = distance is not None
+        host = e.copies[TierKind.HOST]
+        # choose the source
+        if tier is TierKind.HOST:
+            dev = e.copies[TierKind.DEVICE]
+            if dev.state in (R.CLEAN, R.DIRTY, R.FLUSHING):
+                source, src = dev, TierKind.DEVICE
+            elif e.home is TierKind.NVME and e.copies[TierKind.NVME].state is R.CLEAN:
+                source, src = None, TierKind.NVME
+            elif prefetch:
+                return None
+            else:
+                raise StoreError(f"tensor {e.name!r} has no readable copy to fetch from")
+        else:
+            if host.state is R.EVICTING:
+                if prefetch:
+                    return None
+                self._wait_flush(host.flush)
+            source, src = host, TierKind.HOST
+        if not self._make_room(tier, e.nbytes, for_name=e.name, distance=distance, keep=c):
+            return None
+        dep = None
+        if src is TierKind.HOST:
+            if host.state is R.ABSENT:  # stage through host memory
+                dep = self._start_load(e, TierKind.HOST, distance=distance)
+                if dep is None:
+                    return None
+            elif host.state is R.LOADING:
+                dep = host.load
+        block = self._mem(tier).allocate(e.nbytes, e.name)
+        load = LoadOp(
+            e,
+            c,
+            src,
+            dirty=source is not None and source.state in (R.DIRTY, R.FLUSHING),
+            started=time.perf_counter(),
+        )
+        c.block = block
+        self._set(e, c, R.LOADING)
+        c.load = load
+        if source is not None:
+            source.holds += 1
+            load.source = source
+        load.dep = dep
+        self._loads.append(load)
+        if dep is None:
+            self._issue(load)
+        return load
+
+    def _issue(self, load: LoadOp) -> None:
+        """Submit the transfer of a load whose source is ready."""
+        e, c = load.entry, load.copy
+        assert c.block is not None
+        load.issued = True
+        load.started = time.perf_counter()
+        try:
+            if load.src is TierKind.NVME:
+                assert self._nvme is not None and e.extent is not None
+                load.pending = self._nvme.submit_read(e.extent, c.block.data[: e.extent.length])
+            elif c.tier is TierKind.DEVICE:
+                src = load.source
+                assert src is not None and src.block is not None
+                load.dirty = src.state in (R.DIRTY, R.FLUSHING)
+                load.pending = [self._device.copy_in(c.block, src.block)]
+            else:
+                src = load.source
+                assert src is not None and src.block is not None
+                load.pending = [self._device.copy_out(c.block, src.block)]
+        except OSError as exc:
+            assert e.extent is not None
+            self._fail_load(load, self._io_error("reading", e, e.extent, exc))
+
+    def _fail_load(self, load: LoadOp, error: BaseException) -> None:
+        load.error = error
+        load.finished = True
+        e, c = load.entry, load.copy
+        if load in self._loads:
+            self._loads.remove(load)
+        c.load = None
+        if load.source is not None:
+            load.source.holds -= 1
+            load.source = None
+        self._free_copy(e, c)
+
+    def _finish_load(self, load: LoadOp) -> None:
+        """Complete a load whose transfers are done: check, verify, change state."""
+        if load.finished:
+            return
+        e, c = load.entry, load.copy
+        error = None
+        for r in load.pending:
+            try:
+                r.wait()
+            except OSError as exc:
+                error = error or exc
+        if error is not None:
+            assert e.extent is not None
+            self._fail_load(load, self._io_error("reading", e, e.extent, error))
+            return
+        assert c.block is not None
+        if load.src is TierKind.NVME and self.cfg.checksum and e.crc is not None:
+            t0 = time.perf_counter()
+            got = crc32c(c.block.data[: e.nbytes])
+            self.telemetry.checksum(e.nbytes, time.perf_counter() - t0)
+            if got != e.crc:
+                assert self._nvme is not None and e.extent is not None
+                self._fail_load(
+                    load,
+                    StoreCorruptionError(
+                        f"tensor {e.name!r}: checksum mismatch reading {e.nbytes} bytes from "
+                        f"{self._nvme.files_of(e.extent)} (extent at {e.extent.offset}): "
+                        f"stored crc32c {e.crc:08x}, read {got:08x}"
+                    ),
+                )
+                return
+        load.finished = True
+        self._loads.remove(load)
+        c.load = None
+        if load.source is not None:
+            load.source.holds -= 1
+            load.source = None
+        self._set(e, c, R.DIRTY if load.dirty else R.CLEAN)
+        self.telemetry.transfer(
+            load.src, c.tier, e.name, e.nbytes, load.started, time.perf_counter()
+        )
+
+    def _poll_load(self, load: LoadOp) -> bool:
+        """Advance ``load`` without blocking; True once finished."""
+        if load.finished:
+            return True
+        if load.dep is not None and not load.issued:
+            if not self._poll_load(load.dep):
+                return False
+            if load.dep.error is not None:
+                self._fail_load(load, load.dep.error)
+                return True
+            self._issue(load)
+            if load.finished:
+                return True
+        if all(r.done() for r in load.pending):
+            self._finish_load(load)
+            return True
+        return False
+
+    def _wait_load(self, load: LoadOp) -> None:
+        if load.finished:
+            return
+        if load.dep is not None and not load.issued:
+            self._wait_load(load.dep)
+            if load.dep.error is not None:
+                self._fail_load(load, load.dep.error)
+                return
+            self._issue(load)
+            if load.finished:
+                return
+        for r in load.pending:
+            try:
+                r.wait()
+            except OSError:
+                pass
+        self._finish_load(load)
+
+    def _pump(self) -> None:
+        """Take note of finished transfers. Flush errors surface here."""
+        for load in list(self._loads):
+            self._poll_load(load)
+        errors = []
+        for f in list(self._flushes):
+            if all(r.done() for r in f.pending):
+                self._finish_flush(f)
+                if f.error is not None:
+                    errors.append(f.error)
+        if errors:
+            raise errors[0]
+
+    # ---- room ----
+    def _victims(
+        self, tier: TierKind, distance: int | None, keep: CopyRecord | None
+    ) -> list[tuple[EntryRecord, CopyRecord]]:
+        usable = self.schedule.usable
+        out = []
+        for e in self._resident[tier].values():
+            c = e.copies[tier]
+            if (
+                c is keep
+                or e.home is tier
+                or c.state not in (R.CLEAN, R.DIRTY)
+                or c.refs
+                or c.pins
+                or c.holds
+            ):
+                continue
+            if usable:
+                nu = self.schedule.next_use((e.name, tier))
+                far = _INF if nu is None else nu
+                if distance is not None and far <= distance:
+                    continue
+                out.append((-far, c.last_use, e, c))
+            else:
+                if distance is not None:
+                    continue
+                out.append((0, c.last_use, e, c))
+        out.sort(key=lambda v: (v[0], v[1]))
+        return [(e, c) for _, _, e, c in out]
+
+    def _make_room(
+        self,
+        tier: TierKind,
+        nbytes: int,
+        *,
+        for_name: str,
+        distance: int | None = None,
+        keep: CopyRecord | None = None,
+    ) -> bool:
+        """Evict from ``tier`` until ``nbytes`` fit. Demand (``distance`` None):
+        waits for write-backs and raises :class:`StoreBudgetError` if it cannot.
+        Prefetch: never waits; False if the room is not there now."""
+        mem = self._mem(tier)
+        need = mem.footprint(nbytes)
+        if need > mem.budget:
+            if distance is not None:
+                return False
+            raise self._budget_error(tier, need, for_name)
+        while mem.free < need:
+            evicting = [f for f in self._flushes if f.evict and f.copy.tier is tier]
+            pending = sum(f.copy.block.capacity for f in evicting if f.copy.block is not None)
+            if mem.free + pending >= need:
+                if distance is not None:
+                    return False
+                self._wait_flush(evicting[0])
+                continue
+            victims = self._victims(tier, distance, keep)
+            if not victims:
+                if distance is not None:
+                    return False
+                if evicting:
+                    self._wait_flush(evicting[0])
+                    continue
+                # copies still arriving for a prefetch become evictable once done
+                loading = [
+                    x.copies[tier].load
+                    for x in self._resident[tier].values()
+                    if x.copies[tier].state is R.LOADING
+                    and not (x.copies[tier].refs or x.copies[tier].pins or x.copies[tier].holds)
+                    and x.copies[tier] is not keep
+                ]
+                if loading:
+                    self._wait_load(loading[0])
+                    continue
+                raise self._budget_error(tier, need, for_name)
+            e, c = victims[0]
+            self._evict(e, c)
+        return True
+
+    def _evict(self, e: EntryRecord, c: CopyRecord) -> None:
+        """Free ``c``; a dirty host copy starts its write home (freed when done)."""
+        if c.state is R.CLEAN:
+            self._free_copy(e, c)
+            self.telemetry.evictions[c.tier] += 1
+            return
+        # dirty: write it toward home first
+        if c.tier is TierKind.HOST and e.home is TierKind.NVME:
+            self._start_flush(e, c, evict=True)
+            return
+        self._set(e, c, R.EVICTING)
+        try:
+            if e.home is TierKind.NVME:  # device copy: demote into host memory
+                host = e.copies[TierKind.HOST]
+                if host.state is R.ABSENT:
+                    self._make_room(TierKind.HOST, e.nbytes, for_name=e.name, keep=host)
+                    host.block = self._host.allocate(e.nbytes, e.name)
+                    self._copy_now(e, host, c)
+                    self._set(e, host, R.DIRTY)
+            else:
+                self._copy_now(e, e.copies[e.home], c)
+        except BaseException:
+            self._set(e, c, R.DIRTY)
+            raise
+        self._free_copy(e, c)
+        self.telemetry.evictions[c.tier] += 1
+
+    def _budget_error(self, tier: TierKind, need: int, name: str) -> StoreBudgetError:
+        mem = self._mem(tier)
+        pinned = in_use = flight = 0
+        for e in self._resident[tier].values():
+            c = e.copies[tier]
+            size = c.block.capacity if c.block is not None else 0
+            if c.pins or e.home is tier:
+                pinned += size
+            elif c.refs or c.holds:
+                in_use += size
+            elif c.state in (R.LOADING, R.EVICTING, R.FLUSHING):
+                flight += size
+        return StoreBudgetError(
+            f"{tier.name} tier cannot fit {need} bytes for tensor {name!r}: budget {mem.budget} "
+            f"bytes, {mem.used} in use ({pinned} pinned or home, {in_use} fetched and not "
+            f"released, {flight} in flight)"
+        )
+
+    # ---- prefetch ----
+    def _prefetch(self) -> None:
+        """Load upcoming fetches of the schedule within ``prefetch_bytes`` ahead."""
+        window = self.cfg.prefetch_bytes
+        if window <= 0 or not self.schedule.usable:
+            return
+        ahead = 0
+        for distance, (name, tier) in self.schedule.upcoming():
+            e = self._entries.get(name)
+            if e is None:
+                continue
+            c = e.copies[tier]
+            if c.state.valid or c.state is R.LOADING:
+                if c.prefetched:
+                    ahead += e.nbytes
+                continue
+            if ahead + e.nbytes > window:
+                break
+            if c.state is not R.ABSENT or self._start_load(e, tier, distance=distance) is None:
+                break
+            c.prefetched = True
+            self.telemetry.prefetches_issued += 1
+            ahead += e.nbytes
