@@ -362,7 +362,9 @@ def save_checkpoint(
     """Write ``engine``'s training state to ``save_dir/tag`` and point ``save_dir/latest`` at it.
 
     A collective: every rank calls it with the same arguments; ``save_dir``
-    must be one directory all ranks see. ``tag`` defaults to
+    must be one directory all ranks see. Call it after an optimizer step:
+    gradients accumulated towards the next one are not saved (a warning says
+    so). ``tag`` defaults to
     ``global_step<N>``; ``client_state`` must be JSON-able (it comes back from
     :func:`load_checkpoint`). Saving over an existing tag replaces it
     atomically. Returns the checkpoint's directory.
@@ -371,6 +373,12 @@ def save_checkpoint(
     tag = validate_tag(tag if tag is not None else f"global_step{engine.global_steps}")
     root = Path(save_dir)
     started = time.perf_counter()
+    if engine.micro_steps % engine.gradient_accumulation_steps or engine.reducer.has_grads:
+        logger.warning(
+            "saving checkpoint %r between optimizer steps: the gradients accumulated since "
+            "the last step are not saved; save after engine.step() at an accumulation boundary",
+            tag,
+        )
     state = _all_ok(engine, lambda: _engine_state(engine, client_state), "checking the state")
     prepare = (lambda: prepare_staging(root, tag)) if comm.rank == 0 else (lambda: None)
     _all_ok(engine, prepare, "preparing the staging directory")

@@ -36,7 +36,7 @@ def train(engine, batches) -> list[float]:
         loss = engine(idx, tgt)
         engine.backward(loss)
         engine.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
