@@ -102,7 +102,8 @@ def stream(args, directory: Path, *, prefetch: bool, checksum: bool) -> dict:
             store.begin_pass()
             for name in names:
                 t = store.fetch(name, TierKind.HOST).wait()
-                sums.append(float(t.sum()))  # the consumer: one reduction
+                for _ in range(args.reductions):  # the consumer
+                    sums.append(float(t.sum()))
                 store.release(name)
             store.end_pass()
 
@@ -151,6 +152,12 @@ def main() -> int:
     ap.add_argument("--stripes", type=int, default=1, help="swap files in --dir (same disk)")
     ap.add_argument("--passes", type=int, default=3, help="measured passes per run")
     ap.add_argument("--repeats", type=int, default=2, help="runs per configuration (median)")
+    ap.add_argument(
+        "--reductions",
+        type=int,
+        default=1,
+        help="sums over each tensor (more: heavier compute to overlap with I/O)",
+    )
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads for the consumer's reduction"
     )
