@@ -418,6 +418,39 @@ class _TrainProgress:
             print(f"step {record.step}/{self.total}  {stats}", file=sys.stderr, flush=True)
 
 
+class _GracefulStop:
+    """While training: the first Ctrl-C stops after the current step (which then saves its
+    checkpoint); a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _GracefulStop:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread: Ctrl-C interrupts at once
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\ntiermem train: stopping after this step (Ctrl-C again to stop now)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
 def _warn_lines(caught: list) -> None:
     for w in caught:
         print(f"tiermem train: warning: {w.message}", file=sys.stderr)
@@ -429,7 +462,7 @@ def _run_train(args) -> int:
 
     _check_train_args(args)
     from tiermem.engine.config import ConfigError
-    from tiermem.train.loop import CheckpointUnavailable, TrainOptions, train
+    from tiermem.train.loop import CheckpointUnavailable, ResumeError, TrainOptions, train
     from tiermem.train.report import check_plotting, format_summary, run_json, write_report
 
     if args.report is not None:
@@ -448,7 +481,11 @@ def _run_train(args) -> int:
         checkpoint_dir=None if args.no_checkpoint else args.checkpoint_dir,
         resume=args.resume,
     )
-    with warnings.catch_warnings(record=True) as caught, _TrainProgress(args.steps) as bar:
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        _TrainProgress(args.steps) as bar,
+        _GracefulStop() as stop,
+    ):
         warnings.simplefilter("default")
 
         def on_start(result) -> None:
@@ -456,10 +493,12 @@ def _run_train(args) -> int:
             bar.start(result.start_step)
 
         try:
-            result = train(opts, on_start=on_start, on_step=bar.step)
+            result = train(opts, on_start=on_start, on_step=bar.step, should_stop=stop)
         except ConfigError as exc:
             raise UsageError(f"tiermem train: config: {exc}") from exc
-        except (CheckpointUnavailable, FileNotFoundError) as exc:
+        except ResumeError as exc:
+            raise UsageError(f"tiermem train: {exc}") from exc
+        except CheckpointUnavailable as exc:
             raise CliError(f"tiermem train: {exc}") from exc
         _warn_lines(caught)
     doc = run_json(result, history=False)
@@ -472,6 +511,9 @@ def _run_train(args) -> int:
     if result.interrupted:
         print("tiermem: interrupted", file=sys.stderr)
         return 130
+    if result.checkpoint.get("failed"):
+        print(f"tiermem train: checkpoint {result.checkpoint['reason']}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

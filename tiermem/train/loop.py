@@ -32,6 +32,7 @@ from tiermem.train.run_config import RunShape, build_run_config
 __all__ = [
     "CheckpointUnavailable",
     "ComputeSpan",
+    "ResumeError",
     "StepRecord",
     "TrainOptions",
     "TrainResult",
@@ -44,6 +45,10 @@ DEFAULT_LR = 2e-3
 
 class CheckpointUnavailable(RuntimeError):
     """The engine cannot save or load checkpoints (yet)."""
+
+
+class ResumeError(ValueError):
+    """``resume`` cannot continue: no checkpoint, a damaged one, or one of another run."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,25 +196,51 @@ def make_scratch(parent: Path | None) -> Path:
     return Path(tempfile.mkdtemp(prefix="tiermem-train-", dir=parent))
 
 
+def _checkpoint_module() -> Any:
+    """``tiermem.engine.checkpoint`` (save/load functions), or None where it is missing.
+
+    [Note: the functions are called directly, not through
+    ``engine.save_checkpoint``: when this was written the engine's methods
+    were still stubs while the module's functions worked.]
+    """
+    try:
+        from tiermem.engine import checkpoint
+    except ImportError:
+        return None
+    return checkpoint
+
+
+def _checkpoint_errors(ck: Any) -> tuple[type[BaseException], ...]:
+    base = getattr(ck, "CheckpointError", None)
+    return (OSError, ValueError) + ((base,) if isinstance(base, type) else ())
+
+
 def _save_checkpoint(engine: Any, directory: Path, step: int, client: dict) -> dict[str, Any]:
     tag = f"step{step}"
+    ck = _checkpoint_module()
     try:
-        engine.save_checkpoint(os.fspath(directory), tag=tag, client_state=client)
+        if ck is None:
+            raise NotImplementedError("tiermem.engine.checkpoint is missing")
+        path = ck.save_checkpoint(engine, os.fspath(directory), tag=tag, client_state=client)
     except NotImplementedError as exc:
         return {"saved": False, "reason": f"checkpoints are unavailable in this engine: {exc}"}
-    return {"saved": True, "directory": os.fspath(directory), "tag": tag}
+    except _checkpoint_errors(ck) as exc:
+        return {"saved": False, "failed": True, "reason": f"failed: {exc}"}
+    return {"saved": True, "directory": os.fspath(directory), "tag": tag, "path": os.fspath(path)}
 
 
 def _load_checkpoint(engine: Any, directory: Path) -> dict[str, Any]:
+    ck = _checkpoint_module()
     try:
-        out = engine.load_checkpoint(os.fspath(directory))
+        if ck is None:
+            raise NotImplementedError("tiermem.engine.checkpoint is missing")
+        _, client = ck.load_checkpoint(engine, os.fspath(directory))
     except NotImplementedError as exc:
         raise CheckpointUnavailable(
             f"--resume: checkpoints are unavailable in this engine: {exc}"
         ) from exc
-    path, client = out if isinstance(out, tuple) else (None, out)
-    if path is None and not client:
-        raise FileNotFoundError(f"--resume: no checkpoint in {directory}")
+    except (FileNotFoundError, *_checkpoint_errors(ck)[2:]) as exc:
+        raise ResumeError(f"--resume: {exc}") from exc
     return dict(client or {})
 
 
@@ -243,17 +274,21 @@ def train(
     *,
     on_start: Callable[[TrainResult], None] | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Run the training described by ``opts`` (see the module docstring).
 
+    ``should_stop`` is asked after each step; when it says so the run stops
+    there, saves its checkpoint as at the end (``--resume`` then continues
+    with the same schedule) and returns with ``interrupted`` set. A
+    ``KeyboardInterrupt`` inside a step stops at once, without a checkpoint.
     The scratch directory is removed at the end (unless ``opts.keep``), also
-    when the run fails or is interrupted; an interrupted run returns what it
-    did so far with ``interrupted`` set.
+    when the run fails or is interrupted.
 
     Raises:
         tiermem.engine.config.ConfigError: a bad config (names the key).
         CheckpointUnavailable: ``resume`` asked for and the engine cannot load.
-        FileNotFoundError: ``resume`` and no checkpoint.
+        ResumeError: ``resume`` and no usable checkpoint for this run.
     """
     import tiermem
 
@@ -277,18 +312,23 @@ def train(
         history: list[float] = []
         if opts.resume:
             if opts.checkpoint_dir is None:
-                raise ValueError("--resume needs a checkpoint directory")
+                raise ResumeError("--resume needs a checkpoint directory")
             client = _load_checkpoint(engine, opts.checkpoint_dir)
             if client.get("model") not in (None, opts.model):
-                raise ValueError(
+                raise ResumeError(
                     f"--resume: the checkpoint in {opts.checkpoint_dir} is of model "
                     f"{client.get('model')!r}, not {opts.model!r}"
                 )
             result.start_step = int(client.get("step", engine.global_steps))
+            if result.start_step >= opts.steps:
+                raise ResumeError(
+                    f"--resume: the checkpoint in {opts.checkpoint_dir} is at step "
+                    f"{result.start_step} already; pass --steps above {result.start_step}"
+                )
             history = [float(x) for x in client.get("losses", [])]
         if on_start is not None:
             on_start(result)
-        _run_steps(engine, corpus, opts, result, on_step)
+        _run_steps(engine, corpus, opts, result, on_step, should_stop)
         if opts.checkpoint_dir is not None and result.records:
             client = {
                 "step": result.start_step + result.steps_run,
@@ -333,6 +373,7 @@ def _run_steps(
     opts: TrainOptions,
     result: TrainResult,
     on_step: Callable[[StepRecord], None] | None,
+    should_stop: Callable[[], bool] | None,
 ) -> None:
     stores = engine_stores(engine)
     gas = engine.gradient_accumulation_steps
@@ -386,3 +427,6 @@ def _run_steps(
         result.elapsed_seconds = time.perf_counter() - t_run
         if on_step is not None:
             on_step(record)
+        if should_stop is not None and step + 1 < opts.steps and should_stop():
+            result.interrupted = True
+            break
