@@ -62,7 +62,7 @@ def test_flipped_byte_raises_naming_tensor_and_file(tmp_path, target):
         # nothing half-loaded stays behind; the store keeps working
         assert store.info("w")["states"][target] is Residency.ABSENT
         assert store.info("w")["states"][H] is Residency.ABSENT
-        assert torch.equal(store.fetch("ok", target).wait(), want)
+        assert torch.equal(store.fetch("ok", target).wait().cpu(), want)
         store.release("ok")
         with pytest.raises(StoreCorruptionError):  # still corrupt: detected again
             store.fetch("w", H).wait()

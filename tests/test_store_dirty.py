@@ -80,13 +80,13 @@ def test_modifying_one_copy_invalidates_the_other(tmp_path):
         assert store.info("w")["states"][H] is Residency.CLEAN
         modify(store, "w", H, 5)  # the device copy is now stale: dropped
         assert store.info("w")["states"][D] is Residency.ABSENT
-        assert torch.equal(store.fetch("w", D).wait(), torch.full((1000,), 5.0))
+        assert torch.equal(store.fetch("w", D).wait().cpu(), torch.full((1000,), 5.0))
         store.release("w", tier=D)
         # a pinned stale copy is refreshed instead of dropped
         store.pin("w", D)
         modify(store, "w", H, 1)
         assert store.info("w")["states"][D] is Residency.DIRTY
-        assert torch.equal(store.fetch("w", D).wait(), torch.full((1000,), 6.0))
+        assert torch.equal(store.fetch("w", D).wait().cpu(), torch.full((1000,), 6.0))
 
 
 def test_host_home_gets_device_changes_before_it_is_read(tmp_path):

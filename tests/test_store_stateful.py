@@ -135,7 +135,7 @@ class StoreMachine(RuleBasedStateMachine):
         except StoreBudgetError as err:
             self.check_budget_error(err, name)
             return
-        assert torch.equal(t, self.model[name]), name
+        assert torch.equal(t.cpu(), self.model[name]), name
         self.held.append((name, tier))
 
     @precondition(lambda self: self.held)
