@@ -63,6 +63,7 @@ from tiermem.engine.checkpoint_format import (
     write_manifest,
 )
 from tiermem.engine.checkpoint_state import (
+    CHUNK_ELEMENTS,
     KINDS,
     optimizer_access,
     read_param_shard,
@@ -227,7 +228,8 @@ def _plan(engine: Any, access: Any) -> _RankPlan:
             chunks = access.chunks(group.index)
             kinds = ("param", *KINDS)
         else:
-            chunks = [(lo, min(valid, lo + (1 << 22))) for lo in range(0, valid, 1 << 22)]
+            step = CHUNK_ELEMENTS
+            chunks = [(lo, min(valid, lo + step)) for lo in range(0, valid, step)]
             kinds = ("param",)
         for lo, hi in chunks:
             pieces = _pieces(group, lo, min(hi, valid))
@@ -320,6 +322,7 @@ def _engine_state(engine: Any, client_state: Any) -> dict[str, Any]:
     check_json(state["lr_scheduler"], where="lr_scheduler.state_dict()")
     check_json(state["optimizer_param_groups"], where="optimizer.param_groups")
     check_json(state["loss_scaler"], where="loss_scaler.state_dict()")
+    check_json(state["config"], where="config")
     check_json(client_state, where="client_state")
     return state
 
