@@ -78,9 +78,10 @@ def test_resume_in_a_new_process_is_bit_exact(tmp_path, case):
     expected_rng = draws()
     continued = train(engine, batches[STEPS:])
     engine.close()
-    # saving in the middle changed nothing: an uninterrupted run gives the same losses
-    uninterrupted = engine_losses(case_config(case, tmp_path / "swap2"), steps=2 * STEPS)
-    assert uninterrupted[STEPS:] == continued
+    if case == "stage3-nvme":  # where a save reads through the store
+        # saving in the middle changed nothing: an uninterrupted run gives the same losses
+        uninterrupted = engine_losses(case_config(case, tmp_path / "swap2"), steps=2 * STEPS)
+        assert uninterrupted[STEPS:] == continued
 
     script = RESUME.format(
         tests=str(TESTS), case=case, nvme=str(tmp_path / "swap3"), ckpt=str(tmp_path / "ckpt")
