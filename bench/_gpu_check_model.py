@@ -165,8 +165,15 @@ class GPT(nn.Module):
 
 
 @torch.no_grad()
-def build_gpt(shape: GPTShape, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> GPT:
-    """The model on the CPU in ``dtype``, GPT-2's initialisation from ``seed``.
+def build_gpt(
+    shape: GPTShape, *, seed: int = 0, dtype: torch.dtype = torch.float32, tiled: bool = False
+) -> GPT:
+    """The model on the CPU in ``dtype``, GPT-2's initialisation (normal, std 0.02) from ``seed``.
+
+    ``tiled`` fills each weight from one block of 1M normal samples, repeated
+    at a per-weight offset: the same statistics at memory-copy speed, for a
+    throughput run whose values do not matter (drawing billions of normal
+    samples takes minutes on the CPU).
 
     [Note: built on the meta device and materialised once (``to_empty``), so a
     multi-billion-parameter model is allocated once, in its final dtype, and
@@ -177,15 +184,31 @@ def build_gpt(shape: GPTShape, *, seed: int = 0, dtype: torch.dtype = torch.floa
     model.to_empty(device="cpu")
     model.lm_head.weight = model.wte.weight
     gen = torch.Generator().manual_seed(seed)
-    for module in model.modules():
+    block = torch.empty(1 << 20, dtype=dtype).normal_(0.0, 0.02, generator=gen) if tiled else None
+    for index, module in enumerate(model.modules()):
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.normal_(0.0, 0.02, generator=gen)
+            if block is None:
+                module.weight.normal_(0.0, 0.02, generator=gen)
+            else:
+                _fill_tiled(module.weight.view(-1), block, offset=index * 7919)
             if getattr(module, "bias", None) is not None:
                 module.bias.zero_()
         elif isinstance(module, nn.LayerNorm):
             module.weight.fill_(1.0)
             module.bias.zero_()
     return model
+
+
+def _fill_tiled(flat: torch.Tensor, block: torch.Tensor, *, offset: int) -> None:
+    """Fill ``flat`` with ``block`` repeated, starting ``offset`` elements into it."""
+    n, size = flat.numel(), block.numel()
+    offset %= size
+    pos = 0
+    while pos < n:
+        take = min(size - offset, n - pos)
+        flat[pos : pos + take].copy_(block[offset : offset + take])
+        pos += take
+        offset = 0
 
 
 def count_params(model: nn.Module) -> int:
@@ -224,7 +247,7 @@ class MachineFacts:
     nvme_write_bytes_per_s: float = 1.0e9
     d2h_bytes_per_s: float = 5.0e9
     adam_params_per_s: float = 1.0e9
-    init_params_per_s: float = 2.0e8
+    init_params_per_s: float = 2.5e7
     gpu_flops: float = 2.0e14
 
 
@@ -311,13 +334,14 @@ def gpu_bytes_for(
     with its gradient, plus the prefetch window), each block's checkpointed
     input, one block's activations during its recompute and backward (about
     40 bytes per token and hidden unit), and the logits with their fp32 loss
-    and gradient (12 bytes per token and vocabulary entry).
+    and gradient (16 bytes per token and vocabulary entry: bf16 logits, their
+    fp32 copy, fp32 log-softmax and the two gradients).
     """
     tokens = micro_batch * shape.seq
     params = 4 * 2 * shape.largest_group() + 2 * 2 * limits.prefetch_bucket_size
     checkpoints = shape.layers * tokens * shape.hidden * 2
     block = tokens * shape.hidden * 40
-    logits = tokens * shape.vocab * 12
+    logits = tokens * shape.vocab * 16
     return params + checkpoints + block + logits + limits.gpu_overhead_bytes
 
 
@@ -350,7 +374,13 @@ def estimate_step_seconds(shape: GPTShape, micro_batch: int, facts: MachineFacts
 
 
 def estimate_init_seconds(shape: GPTShape, facts: MachineFacts) -> float:
-    """Building the model (filling its weights) and writing its 14 bytes per parameter."""
+    """Building and partitioning the model (``init_params_per_s``) and writing its 14 bytes
+    per parameter to NVMe.
+
+    [Note: the default ``init_params_per_s`` (25M/s) is a guess: tiermem.initialize
+    of a 124M-parameter model took 20 s (6M/s) on a 2-core machine shared with
+    other builds; the 16-core GPU machine should be several times faster.]
+    """
     p = shape.num_params()
     return p / facts.init_params_per_s + p * DISK_BYTES_PER_PARAM / facts.nvme_write_bytes_per_s
 

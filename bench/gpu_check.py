@@ -595,7 +595,7 @@ def section_big(args: argparse.Namespace, deadline: float, transfer: dict | None
     )
     cfg, out["device_budget"] = with_device_budget(cfg, int(args.gpu_cap_gib * GIB))
     t0 = time.perf_counter()
-    model = build_gpt(shape, seed=args.seed, dtype=torch.bfloat16)
+    model = build_gpt(shape, seed=args.seed, dtype=torch.bfloat16, tiled=True)
     out["build_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     engine, _, _, _ = tiermem.initialize(model=model, config=cfg)
