@@ -116,6 +116,7 @@ class Report:
         self.env: dict = {}
         self.sections: dict[str, dict] = {}
         self.current: str | None = None
+        self.partial: dict = {}  # what the running section has measured so far
         self.lock = threading.Lock()
 
     def as_dict(self) -> dict:
@@ -410,7 +411,7 @@ def torch_reference_losses(model, batches, device, *, lr: float) -> list[float]:
     return losses
 
 
-def section_correctness(args: argparse.Namespace, deadline: float) -> dict:
+def section_correctness(args: argparse.Namespace, deadline: float, partial: dict) -> dict:
     """Section 1: the engine's loss trajectory against plain torch on the same device."""
     import torch
     from _gpu_check_model import build_gpt, make_batches, parse_shape
@@ -425,6 +426,8 @@ def section_correctness(args: argparse.Namespace, deadline: float) -> dict:
         build_gpt(shape, seed=args.seed), batches, device, lr=args.small_lr
     )
     torch_s = time.perf_counter() - t0
+    losses: list[float] = []
+    partial.update(shape=shape.describe(), losses_torch=ref, losses_engine=losses)
     free_memory()
     cfg = zero3_nvme_config(
         args.work_dir / "correctness",
@@ -434,7 +437,7 @@ def section_correctness(args: argparse.Namespace, deadline: float) -> dict:
         persistence_threshold=0,
     )
     engine, _, _, _ = tiermem.initialize(model=build_gpt(shape, seed=args.seed), config=cfg)
-    losses, step_s = [], []
+    step_s = []
     try:
         for idx, tgt in batches:
             if time.monotonic() > deadline:
@@ -470,7 +473,7 @@ def section_correctness(args: argparse.Namespace, deadline: float) -> dict:
 # ----------------------------------------------------------------------------- section 2
 
 
-def section_transfer(args: argparse.Namespace, deadline: float) -> dict:
+def section_transfer(args: argparse.Namespace, deadline: float, partial: dict) -> dict:
     """Section 2: NVMe <-> pinned host <-> GPU rates against plain torch."""
     import torch
     from _gpu_check_transfer import MIB, TransferConfig, TransferRun
@@ -482,7 +485,9 @@ def section_transfer(args: argparse.Namespace, deadline: float) -> dict:
         use_cuda=torch.cuda.is_available(),
         drop_caches=args.drop_caches,
     )
-    out = TransferRun(cfg, deadline=deadline).run()
+    run = TransferRun(cfg, deadline=deadline)
+    partial.update(rates_gbps=run.rates, facts=run.facts, skipped=run.skipped)
+    out = run.run()
     out["status"] = "ok"
     out["nbytes"] = cfg.nbytes
     return out
@@ -543,7 +548,9 @@ def cap_gpu_memory(cap_bytes: int) -> float:
     return fraction
 
 
-def section_big(args: argparse.Namespace, deadline: float, transfer: dict | None) -> dict:
+def section_big(
+    args: argparse.Namespace, deadline: float, partial: dict, transfer: dict | None
+) -> dict:
     """Section 3: the largest model that fits, GPU capped at 4090 size, a few steps."""
     import torch
     from _gpu_check_model import (
@@ -562,13 +569,16 @@ def section_big(args: argparse.Namespace, deadline: float, transfer: dict | None
     facts = machine_facts(args, transfer, cuda)
     seconds_left = deadline - time.monotonic()
     plan_result = plan_run(facts, steps=args.big_steps, seconds_left=seconds_left)
-    out: dict = {
-        "status": "ok",
-        "facts": {k: getattr(facts, k) for k in facts.__dataclass_fields__},
-        "plan": [c.as_dict() for c in plan_result.candidates],
-        "gpu_cap_gib": args.gpu_cap_gib,
-        "placement": "stage 3, params + optimizer on NVMe, bf16, activation checkpointing",
-    }
+    out = partial
+    out.update(
+        {
+            "status": "ok",
+            "facts": {k: getattr(facts, k) for k in facts.__dataclass_fields__},
+            "plan": [c.as_dict() for c in plan_result.candidates],
+            "gpu_cap_gib": args.gpu_cap_gib,
+            "placement": "stage 3, params + optimizer on NVMe, bf16, activation checkpointing",
+        }
+    )
     if args.big_shape != "auto":
         shape = parse_shape(args.big_shape, name="forced")
         estimate = estimate_run(shape, facts, steps=args.big_steps, seconds_left=seconds_left)
@@ -675,18 +685,24 @@ def _big_steps(args, engine, shape, micro_batch: int, deadline: float, out: dict
 
 
 def run_section(
-    report: Report, name: str, fn: Callable[[float], dict], *, deadline: float
-) -> None:  # fmt: skip
-    """Run one section, recording its result or its error; never raises (bar KeyboardInterrupt)."""
+    report: Report, name: str, fn: Callable[[float, dict], dict], *, deadline: float
+) -> None:
+    """Run one section, recording its result or its error; never raises (bar KeyboardInterrupt).
+
+    ``fn(deadline, partial)`` fills ``partial`` as it measures, so a section that
+    fails (or that the watchdog stops) still reports what it got before.
+    """
+    partial: dict = {}
     with report.lock:
         report.current = name
+        report.partial = partial
     print(f"[{name}] starting ({deadline - time.monotonic():.0f} s budget)", flush=True)
     t0 = time.perf_counter()
     try:
-        result = fn(deadline)
+        result = fn(deadline, partial)
     except Exception as exc:  # noqa: BLE001 - one section's failure must not stop the others
         traceback.print_exc()
-        result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+        result = {**partial, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
         print(f"[{name}] FAILED: {result['error']}", flush=True)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     with report.lock:
@@ -705,6 +721,7 @@ def start_watchdog(report: Report, seconds: float) -> threading.Timer:
             running = report.current
             if running is not None:
                 report.sections[running] = {
+                    **report.partial,
                     "status": "error",
                     "error": f"TimeoutError: still running when the {seconds:.0f} s watchdog fired",
                 }
@@ -742,14 +759,18 @@ def main(argv: list[str] | None = None) -> int:
             now = time.monotonic()
             deadline = min(end, now + SECTION_SHARE[name] * args.budget_s)
             if name == "correctness":
-                run_section(report, name, lambda d: section_correctness(args, d), deadline=deadline)
+                run_section(
+                    report, name, lambda d, p: section_correctness(args, d, p), deadline=deadline
+                )
             elif name == "transfer":
-                run_section(report, name, lambda d: section_transfer(args, d), deadline=deadline)
+                run_section(
+                    report, name, lambda d, p: section_transfer(args, d, p), deadline=deadline
+                )
             else:
                 run_section(
                     report,
                     name,
-                    lambda d: section_big(args, d, report.sections.get("transfer")),
+                    lambda d, p: section_big(args, d, p, report.sections.get("transfer")),
                     deadline=deadline,
                 )
     finally:

@@ -66,6 +66,7 @@ def test_a_failing_section_does_not_stop_the_others(tmp_path):
     sections = report["sections"]
     assert sections["big"]["status"] == "error"
     assert "multiple of heads" in sections["big"]["error"]
+    assert sections["big"]["plan"]  # what it had worked out before failing is kept
     assert sections["transfer"]["status"] == "ok"
     assert "correctness" not in sections
     assert "ERROR" in proc.stdout.rsplit("== tiermem gpu_check", 1)[1]

@@ -24,6 +24,7 @@ def test_watchdog_reports_and_exits_three(tmp_path):
         rates = {{"h2d": {{"tiermem": 9.5}}}}
         report.sections["transfer"] = {{"status": "ok", "rates_gbps": rates}}
         report.current = "big"
+        report.partial = {{"init_s": 12.5}}
         start_watchdog(report, 0.2)
         time.sleep(60)  # a section that hangs
         """
@@ -35,4 +36,5 @@ def test_watchdog_reports_and_exits_three(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["sections"]["big"]["status"] == "error"
     assert "watchdog" in report["sections"]["big"]["error"]
+    assert report["sections"]["big"]["init_s"] == 12.5  # the running section's partial results
     assert report["sections"]["transfer"]["status"] == "ok"
