@@ -14,7 +14,8 @@ N = 64 << 10
 
 
 def make(tmp_path):
-    cfg = StoreConfig(host_bytes=512 << 10, nvme_paths=(tmp_path / "s",), prefetch_bytes=0)
+    # room to spare: no write-behind, the dirty copy stays until write_back()
+    cfg = StoreConfig(host_bytes=1 << 20, nvme_paths=(tmp_path / "s",), prefetch_bytes=0)
     store = TensorStore(cfg)
     store.register("a", N, torch.float32, init=torch.ones(N))
     store.register("b", N, torch.float32, init=torch.full((N,), 2.0))
@@ -38,14 +39,14 @@ def test_write_error_keeps_old_extent_and_dirty_copy(tmp_path):
         assert store.info("a")["states"][H] is Residency.DIRTY
         store.write_back("a")  # the fault was one-shot
         assert store.info("a")["extent"] != old_extent
-        store.register("c", 2 * N, torch.float32)  # evicts a and b from HOST
+        store.register("c", 4 * N, torch.float32)  # evicts a and b from HOST
         assert store.info("a")["states"][H] is Residency.ABSENT
         assert torch.equal(store.fetch("a", H).wait(), torch.full((N,), 7.0))
 
 
 def test_read_error_fails_the_fetch_only(tmp_path):
     with make(tmp_path) as store:
-        store.register("c", 2 * N, torch.float32)  # evicts a and b
+        store.register("c", 4 * N, torch.float32)  # evicts a and b
         swap = store.tier(TierKind.NVME).stripes[0]
         swap.file.inject_faults(fail_nth=1, errno=errno.EIO)
         with pytest.raises(StoreError, match=r"reading tensor 'b' .* Input/output error"):

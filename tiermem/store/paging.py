@@ -395,6 +395,8 @@ class Pager:
             if distance is not None:
                 return False
             raise self._budget_error(tier, need, for_name)
+        stuck: list[CopyRecord] = []  # dirty victims that could not be moved out
+        stuck_error: StoreError | None = None
         while mem.free < need:
             evicting = [f for f in self._flushes if f.evict and f.copy.tier is tier]
             pending = sum(f.copy.block.capacity for f in evicting if f.copy.block is not None)
@@ -403,7 +405,7 @@ class Pager:
                     return False
                 self._wait_flush(evicting[0])
                 continue
-            victims = self._victims(tier, distance, keep)
+            victims = [v for v in self._victims(tier, distance, keep) if v[1] not in stuck]
             if not victims:
                 if distance is not None:
                     return False
@@ -421,9 +423,34 @@ class Pager:
                 if loading:
                     self._wait_load(loading[0])
                     continue
-                raise self._budget_error(tier, need, for_name)
+                # copies being written behind become clean (evictable) once written
+                behind = [
+                    f
+                    for f in self._flushes
+                    if f.copy.tier is tier and not (f.copy.refs or f.copy.pins or f.copy.holds)
+                ]
+                if behind:
+                    self._wait_flush(behind[0])
+                    continue
+                err = self._budget_error(tier, need, for_name)
+                if stuck_error is not None:
+                    raise StoreBudgetError(
+                        f"{err}; {len(stuck)} dirty copies could not be moved toward home: "
+                        f"{stuck_error}"
+                    ) from stuck_error
+                raise err
             e, c = victims[0]
-            self._evict(e, c)
+            try:
+                self._evict(e, c)
+            except StoreError as exc:
+                # [Note: a dirty device copy needs host room to go home; when
+                #  there is none, another victim may still do.]
+                if distance is not None:
+                    return False
+                if not isinstance(exc, StoreBudgetError):
+                    raise
+                stuck.append(c)
+                stuck_error = exc
         return True
 
     def _evict(self, e: EntryRecord, c: CopyRecord) -> None:
@@ -470,6 +497,33 @@ class Pager:
             f"bytes, {mem.used} in use ({pinned} pinned or home, {in_use} fetched and not "
             f"released, {flight} in flight)"
         )
+
+    # ---- write-behind ----
+    def _write_behind(self, e: EntryRecord, c: CopyRecord) -> None:
+        """Start writing a just-released dirty host copy home if it will likely
+        be evicted before it is used again, so its eviction later costs nothing.
+
+        [Note: with a schedule: when the tensor is not fetched again in this
+        pass (optimizer states, updated parameters); without one: when the
+        host tier is short of room for the prefetch window. A tensor dirtied
+        again while resident (an accumulation buffer) is not rewritten each
+        time.]
+        """
+        if c.tier is not TierKind.HOST or e.home is not TierKind.NVME:
+            return
+        if c.refs or c.state is not R.DIRTY or c.flush is not None:
+            return
+        if self.schedule.usable:
+            nu = self.schedule.next_use((e.name, TierKind.HOST))
+            left = len(self.schedule) - self.schedule.position
+            if nu is not None and nu < left:
+                return
+        elif self._host.free >= self._host.footprint(e.nbytes) + self.cfg.prefetch_bytes:
+            return
+        try:
+            self._start_flush(e, c, evict=False)
+        except StoreError:
+            pass  # no space now: the eviction retries and reports it
 
     # ---- prefetch ----
     def _prefetch(self) -> None:

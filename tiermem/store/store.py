@@ -299,7 +299,8 @@ class TensorStore(Pager):
 
     def release(self, name: str, *, dirty: bool = False, tier: TierKind | None = None) -> None:
         """The caller is done with a fetched tensor. ``dirty=True``: its contents
-        changed; they are written home before the copy is evicted. ``tier`` is
+        changed; they are written home before the copy is evicted (in the
+        background right away when it is not needed again soon). ``tier`` is
         needed only when the tensor is fetched in more than one tier."""
         self._check_open()
         e = self._entry(name)
@@ -323,6 +324,8 @@ class TensorStore(Pager):
         c.refs -= 1
         c.last_use = self._next_tick()
         self._pump()
+        if dirty:
+            self._write_behind(e, c)
         self._prefetch()
 
     def _mark_dirty(self, e: EntryRecord, c: CopyRecord) -> None:
