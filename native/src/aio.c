@@ -80,6 +80,19 @@ static void request_unref(tm_request *r) {
     if (--r->refs == 0) free(r);
 }
 
+/* Remove r from the pending list (it is there while r->carved < r->len). */
+static void pending_unlink(tm_file *f, tm_request *r) {
+    tm_request *prev = NULL;
+    for (tm_request *q = f->pending_head; q; prev = q, q = q->next) {
+        if (q != r) continue;
+        if (prev) prev->next = q->next;
+        else f->pending_head = q->next;
+        if (f->pending_tail == q) f->pending_tail = prev;
+        q->next = NULL;
+        return;
+    }
+}
+
 /* Next piece to issue: a retry first, then the head pending request. */
 static tm_piece *next_piece(tm_file *f) {
     if (f->retry) {
@@ -163,7 +176,12 @@ static void complete_piece(tm_file *f, tm_piece *p, int *completed_any) {
             r->error = res < 0 ? res : (p->op == TM_OP_READ ? -ENODATA : -EIO);
             r->err_offset = p->offset;
         }
-        r->carved = r->len;  /* carve no more; next_piece unlinks it */
+        /* [Note: carve no more, and leave the pending list now: once done, the
+         *  waiter may free the request before the engine next looks at the
+         *  list, and a freed head would be followed (a use-after-free that
+         *  hung the next request on the same file).] */
+        if (r->carved < r->len) pending_unlink(f, r);
+        r->carved = r->len;
         finish_piece(f, p, completed_any);
         return;
     }
