@@ -43,6 +43,7 @@ class Pending:
             self._work.wait()
         if self._finish is not None:
             self._finish()
+        self._work = self._finish = None  # hold no finished work (or its tensors) any longer
         self._done = True
 
     @property

@@ -34,8 +34,8 @@ from tiermem.engine.comm import Communicator
 from tiermem.engine.grads import BackwardPass, GradReducer
 from tiermem.engine.hooks import ParamScheduler
 from tiermem.engine.optimizer_step import AdamHyper, StepItem
-from tiermem.engine.partition import FlatParamGroup, make_layout, plan_groups
-from tiermem.engine.placement import build_placements
+from tiermem.engine.partition import FlatParamGroup, plan_groups
+from tiermem.engine.partitioner import Partitioner
 from tiermem.engine.precision import make_scaler
 from tiermem.engine.settings import EngineSettings, OptimizerSettings
 
@@ -43,7 +43,9 @@ __all__ = ["TiermemEngine", "ZeroOptimizer", "compute_device"]
 
 logger = logging.getLogger("tiermem.engine")
 
-CHECKPOINT_ISSUE = "checkpointing is not implemented yet (the checkpoint issue completes it)"
+CHECKPOINT_ISSUE = (
+    "optimizer state dicts are not supported; use engine.save_checkpoint/load_checkpoint"
+)
 
 
 def compute_device() -> torch.device:
@@ -93,11 +95,11 @@ class ZeroOptimizer(torch.optim.Optimizer):
         self._engine.zero_grad()
 
     def state_dict(self) -> dict[str, Any]:
-        """Not yet: the checkpoint issue adds sharded optimizer state dicts."""
+        """Not supported: the states are sharded; use the engine's checkpoints."""
         raise NotImplementedError(CHECKPOINT_ISSUE)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Not yet: the checkpoint issue adds sharded optimizer state dicts."""
+        """Not supported: the states are sharded; use the engine's checkpoints."""
         raise NotImplementedError(CHECKPOINT_ISSUE)
 
 
@@ -150,6 +152,7 @@ class TiermemEngine:
         comm: Communicator | None = None,
         client_optimizer: torch.optim.Optimizer | None = None,
         lr_scheduler: Any = None,
+        init_context: Any = None,
     ) -> None:
         self.settings = settings
         self.comm = comm if comm is not None else Communicator()
@@ -174,7 +177,8 @@ class TiermemEngine:
         self.activation_checkpointing = ActivationCheckpointing(
             cpu_checkpointing=settings.cpu_checkpointing
         )
-        self._build_groups()
+        self._build_groups(init_context)
+        self._build_grad_path()
         self._build_optimizer(client_optimizer)
         self.lr_scheduler = self._build_lr_scheduler(lr_scheduler)
 
@@ -187,45 +191,38 @@ class TiermemEngine:
                 dtype = self.dtype if buf.is_floating_point() else buf.dtype
                 mod._buffers[name] = buf.to(device=self.device, dtype=dtype)
 
-    def _build_groups(self) -> None:
-        zero = self.settings.zero
+    def _build_groups(self, adopted: Any = None) -> None:
+        """Group and shard the parameters (adopting the groups an init context built)."""
+        if adopted is not None:
+            partitioner, existing = adopted.handover(self.module)
+        else:
+            partitioner = Partitioner(
+                self.settings, comm=self.comm, device=self.device, dtype=self.dtype
+            )
+            existing = []
         self._prepare_buffers()
-        plan = plan_groups(self.module)
-        num_shards = 1 if self.stage == 0 else self.comm.world_size
-        shard_rank = 0 if self.stage == 0 else self.comm.rank
+        owner = {id(p): i for i, g in enumerate(existing) for p in g.params}
+        plan = plan_groups(self.module, owner=owner, first_index=len(existing))
         layouts = [
-            make_layout(index, mod_name, members, num_shards=num_shards, shard_rank=shard_rank)
-            for index, (mod_name, members) in enumerate(plan.members)
+            partitioner.layout(index, mod_name, members)
+            for index, (mod_name, members) in enumerate(plan.members, start=len(existing))
         ]
-        self.placements = build_placements(
-            self.settings,
-            device=self.device,
-            rank=self.comm.rank,
-            dtype=self.dtype,
-            layouts=layouts,
-        )
+        if partitioner.placements is None:
+            partitioner.open(largest_shard=max((lay.shard_numel for lay in layouts), default=1))
+        self.placements = partitioner.placements
         self.home = self.placements.home
         self.shard_optimizer = self.placements.shard_optimizer
-        self.groups: list[FlatParamGroup] = []
+        self.groups: list[FlatParamGroup] = list(existing)
         for layout, (_, members) in zip(layouts, plan.members, strict=True):
-            group = FlatParamGroup(
-                layout,
-                [p for _, p in members],
-                dtype=self.dtype,
-                device=self.device,
-                comm=self.comm,
-                home=self.home,
-                persistent=self.stage == 3 and layout.numel < zero.param_persistence_threshold,
-            )
-            full = group.flatten_fp32()
-            self.comm.broadcast(full, src=0)
-            if group.trainable:
-                self.shard_optimizer.add(layout.index, full[layout.shard_start : layout.shard_end])
-            group.install(full)
-            self.groups.append(group)
+            self.groups.append(partitioner.partition(layout, [p for _, p in members]))
+        self._module_uses = plan.module_uses
         self._in_pass = False
         if self.placements.stores:
             self._pass_hook = self.module.register_forward_pre_hook(self._begin_pass)
+
+    def _build_grad_path(self) -> None:
+        """The gradient reducer and, at stage 3, the gather/release hooks."""
+        zero = self.settings.zero
         self.backward_pass = BackwardPass()
         accum_device = self.device if zero.offload_optimizer == "none" else torch.device("cpu")
         self.reducer = GradReducer(
@@ -240,7 +237,7 @@ class TiermemEngine:
             self.param_scheduler = ParamScheduler(
                 self.module,
                 self.groups,
-                plan.module_uses,
+                self._module_uses,
                 backward_pass=self.backward_pass,
                 prefetch_numel=zero.prefetch_bucket_size,
             )
@@ -384,7 +381,11 @@ class TiermemEngine:
             group = self.groups[gi]
             items.append(
                 StepItem(
-                    gi, grads[gi], group.update_target, group.after_update, self._group_steps[gi]
+                    group.key,
+                    grads[gi],
+                    group.update_target,
+                    group.after_update,
+                    self._group_steps[gi],
                 )
             )
         self.shard_optimizer.step(items, self._hyper(), grad_scale=inv_scale * clip_coef)
@@ -440,7 +441,7 @@ class TiermemEngine:
 
     def master_state(self, group_index: int) -> dict[str, torch.Tensor]:
         """This rank's fp32 master/exp_avg/exp_avg_sq of one group's shard (host copies)."""
-        return self.shard_optimizer.state(group_index)
+        return self.shard_optimizer.state(self.groups[group_index].key)
 
     @torch.no_grad()
     def full_state_dict(self) -> dict[str, torch.Tensor]:
@@ -455,19 +456,40 @@ class TiermemEngine:
                 group.release()
         return out
 
-    def save_checkpoint(self, save_dir: str, tag: str | None = None, **_: Any) -> None:
-        """Not yet: the checkpoint issue completes it."""
-        raise NotImplementedError(CHECKPOINT_ISSUE)
+    def save_checkpoint(
+        self, save_dir: str | os.PathLike, tag: str | None = None, client_state: Any = None
+    ) -> Any:
+        """Save the training state (a collective); returns its directory. See
+        :func:`tiermem.engine.checkpoint.save_checkpoint`."""
+        from tiermem.engine.checkpoint import save_checkpoint
 
-    def load_checkpoint(self, load_dir: str, tag: str | None = None, **_: Any) -> Any:
-        """Not yet: the checkpoint issue completes it."""
-        raise NotImplementedError(CHECKPOINT_ISSUE)
+        return save_checkpoint(self, save_dir, tag=tag, client_state=client_state)
+
+    def load_checkpoint(
+        self, load_dir: str | os.PathLike, tag: str | None = None, *, verify: bool = True
+    ) -> tuple[Any, Any]:
+        """Restore a saved state; returns ``(path, client_state)``. See
+        :func:`tiermem.engine.checkpoint.load_checkpoint`."""
+        from tiermem.engine.checkpoint import load_checkpoint
+
+        return load_checkpoint(self, load_dir, tag=tag, verify=verify)
 
     def close(self) -> None:
-        """Remove the hooks and free the optimizer states and parameter shards."""
+        """Remove the hooks, free the optimizer states and parameter shards, close the stores.
+
+        [Note: this also breaks the engine's reference cycles (hooks, optimizer) so
+        that its tensors are freed now, while the process group still exists. Left
+        to the garbage collector at interpreter exit, tensors used in gloo
+        collectives were seen to abort the process ("terminate called without an
+        active exception") from gloo's worker threads.]
+        """
         self.reducer.remove_hooks()
         if self.param_scheduler is not None:
             self.param_scheduler.remove_hooks()
         if self.placements.stores:
             self._pass_hook.remove()
         self.placements.close()
+        if self.optimizer is not None:
+            self.optimizer._engine = None
+        self.reducer.on_reduced = None
+        self.backward_pass = None

@@ -28,6 +28,7 @@ has its full shape, so AccumulateGrad accepts full-shape gradients.]
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,11 @@ class GroupLayout:
     numel: int
     num_shards: int
     shard_rank: int
+    key: int = -1  # the group's key in its param home and optimizer tier (-1: index)
+
+    def __post_init__(self) -> None:
+        if self.key < 0:
+            object.__setattr__(self, "key", self.index)
 
     @property
     def padded_numel(self) -> int:
@@ -115,10 +121,17 @@ class GroupPlan:
     module_names: dict[nn.Module, str] = field(default_factory=dict)
 
 
-def plan_groups(module: nn.Module) -> GroupPlan:
-    """Group ``module``'s parameters: one group per submodule that registers new parameters."""
+def plan_groups(
+    module: nn.Module, *, owner: dict[int, int] | None = None, first_index: int = 0
+) -> GroupPlan:
+    """Group ``module``'s parameters: one group per submodule that registers new parameters.
+
+    ``owner`` maps ``id(param)`` to the index of a group that already exists
+    (built by :func:`tiermem.init_context`); such parameters get no new group,
+    and new groups are numbered from ``first_index``.
+    """
     plan = GroupPlan()
-    owner: dict[int, int] = {}
+    owner = dict(owner or {})
     for mod_name, mod in module.named_modules():
         own: list[tuple[str, nn.Parameter]] = []
         uses: list[int] = []
@@ -132,7 +145,7 @@ def plan_groups(module: nn.Module) -> GroupPlan:
                 continue
             own.append((qualified, param))
         if own:
-            index = len(plan.members)
+            index = first_index + len(plan.members)
             plan.members.append((mod_name, own))
             for _, param in own:
                 owner[id(param)] = index
@@ -150,6 +163,7 @@ def make_layout(
     *,
     num_shards: int,
     shard_rank: int,
+    key: int = -1,
 ) -> GroupLayout:
     """Lay ``params`` out back to back."""
     slots, offset = [], 0
@@ -163,6 +177,7 @@ def make_layout(
         numel=offset,
         num_shards=num_shards,
         shard_rank=shard_rank,
+        key=key,
     )
 
 
@@ -217,6 +232,15 @@ class FlatParamGroup:
         """The group's index (its position in the engine's group list)."""
         return self.layout.index
 
+    @property
+    def key(self) -> int:
+        """The group's key in its param home and optimizer tier (fixed for its lifetime)."""
+        return self.layout.key
+
+    def reindex(self, index: int) -> None:
+        """Give the group a new position in the engine's list (its key stays)."""
+        self.layout = dataclasses.replace(self.layout, index=index)
+
     def __repr__(self) -> str:
         return (
             f"FlatParamGroup({self.index}, {self.layout.module_name!r}, "
@@ -243,7 +267,7 @@ class FlatParamGroup:
             self.flat = full_fp32.to(self.dtype)
             self._point_params_at_flat()
             return
-        self.home.put(self.index, full_fp32[lay.shard_start : lay.shard_end].to(self.dtype))
+        self.home.put(self.key, full_fp32[lay.shard_start : lay.shard_end].to(self.dtype))
         for param in self.params:
             param.data = self._empty
         if self.persistent:
@@ -268,7 +292,7 @@ class FlatParamGroup:
         if self.state is not GroupState.SHARDED:
             return
         self._move(GroupState.GATHERING)
-        shard = self.home.load(self.index)
+        shard = self.home.load(self.key)
         self._loaded = True
         lay = self.layout
         if (
@@ -288,7 +312,7 @@ class FlatParamGroup:
             self._pending.wait()
             self._pending = None
         if self._loaded:
-            self.home.unload(self.index)
+            self.home.unload(self.key)
             self._loaded = False
         self._move(GroupState.GATHERED)
         self._point_params_at_flat()
@@ -330,7 +354,7 @@ class FlatParamGroup:
             return self.flat[lay.shard_start : lay.shard_end]
         if self.state is GroupState.GATHERING:
             self._finish_gather()
-        return self.home.open_for_update(self.index)
+        return self.home.open_for_update(self.key)
 
     def after_update(self) -> None:
         """Propagate an update written into :meth:`update_target` to every rank's copy."""
@@ -339,18 +363,18 @@ class FlatParamGroup:
             if lay.num_shards > 1:
                 self.comm.all_gather_flat(self.flat, self.flat[lay.shard_start : lay.shard_end])
             return
-        self.home.close_update(self.index)
+        self.home.close_update(self.key)
         if self.state is GroupState.GATHERED:
-            shard = self.home.load(self.index)
+            shard = self.home.load(self.key)
             if shard.data_ptr() != self.flat.data_ptr():
                 self.comm.all_gather_flat(self.flat, shard)
-            self.home.unload(self.index)
+            self.home.unload(self.key)
 
     def shard_values(self) -> torch.Tensor:
         """A copy of this rank's current parameter shard (compute dtype), for tests and checks."""
         lay = self.layout
         if not self.partitioned:
             return self.flat[lay.shard_start : lay.shard_end].clone()
-        shard = self.home.load(self.index).clone()
-        self.home.unload(self.index)
+        shard = self.home.load(self.key).clone()
+        self.home.unload(self.key)
         return shard

@@ -16,14 +16,12 @@ not fit.]
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from tiermem.engine.optimizer_step import DeviceShardOptimizer, HostShardOptimizer, ShardOptimizer
 from tiermem.engine.param_home import DeviceParamHome, HostParamHome, ParamHome
-from tiermem.engine.partition import GroupLayout
 from tiermem.engine.settings import EngineSettings
 
 __all__ = ["Placements", "build_placements"]
@@ -67,13 +65,13 @@ def build_placements(
     device: torch.device,
     rank: int,
     dtype: torch.dtype,
-    layouts: Sequence[GroupLayout],
+    largest_shard: int,
 ) -> Placements:
-    """Build the placements ``settings`` asks for, for groups with these ``layouts``."""
+    """The placements ``settings`` asks for, for shards of at most ``largest_shard`` elements."""
     zero = settings.zero
     param_where = zero.offload_param if zero.stage == 3 else "none"
     opt_where = zero.offload_optimizer
-    largest_shard = max((lay.shard_numel for lay in layouts), default=1)
+    largest_shard = max(1, int(largest_shard))
     elem = torch.empty((), dtype=dtype).element_size()
     param_bytes = _round_up(largest_shard * elem)
     chunk_bytes = _round_up(min(zero.sub_group_size, largest_shard) * 12)

@@ -32,10 +32,8 @@ def test_returns_engine_optimizer_loader_scheduler(tmp_path):
         engine.backward(engine(idx, tgt))
         engine.step()
     assert engine.global_steps == 3 and engine.global_samples == 3 * BATCH
-    with pytest.raises(NotImplementedError, match="checkpoint issue"):
-        engine.save_checkpoint(str(tmp_path))
-    with pytest.raises(NotImplementedError, match="checkpoint issue"):
-        engine.load_checkpoint(str(tmp_path))
+    with pytest.raises(NotImplementedError, match="save_checkpoint"):
+        optimizer.state_dict()  # sharded: the engine's checkpoints save it
     engine.close()
 
 

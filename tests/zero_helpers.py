@@ -8,6 +8,7 @@ seed, so the engine and the reference start from identical weights.
 from __future__ import annotations
 
 import copy
+import faulthandler
 import os
 import socket
 import tempfile
@@ -244,11 +245,13 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str, fn: Callable, arg
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
     )
+    faulthandler.enable()  # a crash in a rank prints its Python stack
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = fn(rank, world, *args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
