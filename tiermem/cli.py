@@ -293,7 +293,7 @@ def _add_train(sub) -> None:
         "--model",
         choices=_MODEL_PRESETS,
         default="small",
-        help="model size preset (default small: 1.9M parameters, minutes on 2 CPU cores; "
+        help="model size preset (default small: 0.84M parameters, minutes on 2 CPU cores; "
         "1b and 7b want a GPU and an NVMe drive)",
     )
     p.add_argument("--steps", type=_positive_int, default=200, help="optimizer steps (default 200)")
@@ -376,17 +376,15 @@ class _TrainProgress:
                 Progress,
                 TextColumn,
                 TimeElapsedColumn,
-                TimeRemainingColumn,
             )
+            from rich.table import Column
 
             self.progress = Progress(
                 TextColumn("step"),
                 MofNCompleteColumn(),
-                BarColumn(bar_width=24),
-                TextColumn("{task.fields[stats]}"),
+                BarColumn(bar_width=16),
                 TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
+                TextColumn("{task.fields[stats]}", table_column=Column(overflow="fold")),
                 console=self.console,
                 transient=False,
             )
@@ -403,8 +401,8 @@ class _TrainProgress:
             self.progress.update(self.task, completed=first_step)
 
     def step(self, record) -> None:
-        moved = " ".join(
-            f"{pair} {n / record.seconds / (1 << 20):.0f} MB/s"
+        moved = "  ".join(
+            f"{pair} {n / record.seconds / 1e6:.0f} MB/s"
             for pair, n in record.bytes_moved.items()
             if record.seconds > 0
         )

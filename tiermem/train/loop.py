@@ -81,7 +81,7 @@ class TrainOptions:
     keep: bool = False
     checkpoint_dir: Path | None = None
     resume: bool = False
-    micro_batch_size: int = 16
+    micro_batch_size: int = 8
     seq_len: int | None = None
     corpus_bytes: int = 2 << 20
 

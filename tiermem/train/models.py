@@ -63,7 +63,7 @@ class GPTConfig:
 #  (1b and up want a GPU and an NVMe drive).]
 PRESETS: dict[str, GPTConfig] = {
     "tiny": GPTConfig(hidden_size=64, num_layers=2, num_heads=2, seq_len=64),
-    "small": GPTConfig(hidden_size=192, num_layers=4, num_heads=4, seq_len=128),
+    "small": GPTConfig(hidden_size=128, num_layers=4, num_heads=4, seq_len=128),
     "125m": GPTConfig(hidden_size=768, num_layers=12, num_heads=12, seq_len=1024),
     "350m": GPTConfig(hidden_size=1024, num_layers=24, num_heads=16, seq_len=1024),
     "1b": GPTConfig(hidden_size=2048, num_layers=22, num_heads=16, seq_len=2048),
