@@ -225,7 +225,7 @@ def _plan(engine: Any, access: Any) -> _RankPlan:
         lay = group.layout
         valid = max(0, min(lay.shard_end, lay.numel) - lay.shard_start)
         if group.trainable:
-            chunks = access.chunks(group.index)
+            chunks = access.chunks(group.key)
             kinds = ("param", *KINDS)
         else:
             step = CHUNK_ELEMENTS
@@ -255,7 +255,7 @@ def _write_rank_file(engine: Any, path: Path, plan: _RankPlan, access: Any) -> A
                         writer.write(p.key("param"), shard[p.lo : p.hi].to("cpu"))
                     if len(chunk.kinds) == 1:
                         continue
-                    with access.read(group.index, chunk.lo, chunk.hi) as states:
+                    with access.read(group.key, chunk.lo, chunk.hi) as states:
                         for kind in KINDS:
                             for p in chunk.pieces:
                                 t = states[kind][p.lo - chunk.lo : p.hi - chunk.lo]
@@ -529,8 +529,8 @@ def _load_optimizer_states(
             sorted(steps),
             step,
         )
-    for lo, hi in access.chunks(group.index):
-        with access.write(group.index, lo, hi, step=step) as states:
+    for lo, hi in access.chunks(group.key):
+        with access.write(group.key, lo, hi, step=step) as states:
             for t in states.values():
                 t.zero_()
             for p in _pieces(group, lo, hi):

@@ -49,7 +49,8 @@ def _even_chunks(n: int, size: int) -> list[tuple[int, int]]:
 
 
 class OptimizerStateAccess(ABC):
-    """Chunks of a rank's Adam states (fp32), keyed like the shard optimizer (group index)."""
+    """Chunks of a rank's Adam states (fp32), keyed like the shard optimizer: by the
+    group's storage key (``group.key``)."""
 
     @abstractmethod
     def numel(self, key: int) -> int:
@@ -208,11 +209,11 @@ def read_param_shard(group: Any) -> Iterator[torch.Tensor]:
     if not group.partitioned:
         yield group.flat[lay.shard_start : lay.shard_end]
         return
-    shard = group.home.load(group.index)
+    shard = group.home.load(group.key)
     try:
         yield shard
     finally:
-        group.home.unload(group.index)
+        group.home.unload(group.key)
 
 
 @contextmanager
