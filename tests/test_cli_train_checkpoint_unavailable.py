@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import tiermem.engine.checkpoint as checkpoint
 from tiermem.cli import main
+from tiermem.engine.engine import TiermemEngine
 
 
 def _unavailable(self, *args, **kwargs):
@@ -13,7 +13,7 @@ def _unavailable(self, *args, **kwargs):
 
 def test_save_unavailable_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(checkpoint, "save_checkpoint", _unavailable)
+    monkeypatch.setattr(TiermemEngine, "save_checkpoint", _unavailable)
     rc = main(["train", "--model", "tiny", "--steps", "2"])
     out, err = capsys.readouterr()
     assert rc == 0, err
@@ -28,7 +28,7 @@ def test_save_unavailable_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
 def test_resume_unavailable_fails_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiermem-checkpoints").mkdir()
-    monkeypatch.setattr(checkpoint, "load_checkpoint", _unavailable)
+    monkeypatch.setattr(TiermemEngine, "load_checkpoint", _unavailable)
     rc = main(["train", "--model", "tiny", "--steps", "2", "--resume"])
     out, err = capsys.readouterr()
     assert rc == 1 and out == ""

@@ -16,6 +16,7 @@ CASES = {
     "nvme-path-missing": (["--nvme-path", "{tmp}/absent"], "--nvme-path"),
     "config-missing": (["--config", "{tmp}/absent.json"], "--config"),
     "report-is-file": (["--report", "{tmp}/file"], "--report"),
+    "checkpoint-dir-is-file": (["--checkpoint-dir", "{tmp}/file"], "--checkpoint-dir"),
 }
 
 

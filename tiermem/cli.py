@@ -350,6 +350,9 @@ def _check_train_args(args) -> None:
         raise UsageError(f"tiermem train: --nvme-path: {args.nvme_path} is not a directory")
     if args.report is not None and args.report.exists() and not args.report.is_dir():
         raise UsageError(f"tiermem train: --report: {args.report} exists and is not a directory")
+    ckpt = args.checkpoint_dir
+    if not args.no_checkpoint and ckpt.exists() and not ckpt.is_dir():
+        raise UsageError(f"tiermem train: --checkpoint-dir: {ckpt} exists and is not a directory")
     if args.config is not None and not args.config.is_file():
         what = "is a directory" if args.config.is_dir() else "not found"
         raise UsageError(f"tiermem train: --config: {args.config}: {what}")

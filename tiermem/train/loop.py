@@ -196,50 +196,33 @@ def make_scratch(parent: Path | None) -> Path:
     return Path(tempfile.mkdtemp(prefix="tiermem-train-", dir=parent))
 
 
-def _checkpoint_module() -> Any:
-    """``tiermem.engine.checkpoint`` (save/load functions), or None where it is missing.
-
-    [Note: the functions are called directly, not through
-    ``engine.save_checkpoint``: when this was written the engine's methods
-    were still stubs while the module's functions worked.]
-    """
+def _checkpoint_errors() -> tuple[type[BaseException], ...]:
     try:
-        from tiermem.engine import checkpoint
+        from tiermem.engine.checkpoint_format import CheckpointError
     except ImportError:
-        return None
-    return checkpoint
-
-
-def _checkpoint_errors(ck: Any) -> tuple[type[BaseException], ...]:
-    base = getattr(ck, "CheckpointError", None)
-    return (OSError, ValueError) + ((base,) if isinstance(base, type) else ())
+        return (OSError, ValueError)
+    return (OSError, ValueError, CheckpointError)
 
 
 def _save_checkpoint(engine: Any, directory: Path, step: int, client: dict) -> dict[str, Any]:
     tag = f"step{step}"
-    ck = _checkpoint_module()
     try:
-        if ck is None:
-            raise NotImplementedError("tiermem.engine.checkpoint is missing")
-        path = ck.save_checkpoint(engine, os.fspath(directory), tag=tag, client_state=client)
+        path = engine.save_checkpoint(os.fspath(directory), tag=tag, client_state=client)
     except NotImplementedError as exc:
         return {"saved": False, "reason": f"checkpoints are unavailable in this engine: {exc}"}
-    except _checkpoint_errors(ck) as exc:
+    except _checkpoint_errors() as exc:
         return {"saved": False, "failed": True, "reason": f"failed: {exc}"}
     return {"saved": True, "directory": os.fspath(directory), "tag": tag, "path": os.fspath(path)}
 
 
 def _load_checkpoint(engine: Any, directory: Path) -> dict[str, Any]:
-    ck = _checkpoint_module()
     try:
-        if ck is None:
-            raise NotImplementedError("tiermem.engine.checkpoint is missing")
-        _, client = ck.load_checkpoint(engine, os.fspath(directory))
+        _, client = engine.load_checkpoint(os.fspath(directory))
     except NotImplementedError as exc:
         raise CheckpointUnavailable(
             f"--resume: checkpoints are unavailable in this engine: {exc}"
         ) from exc
-    except (FileNotFoundError, *_checkpoint_errors(ck)[2:]) as exc:
+    except _checkpoint_errors() as exc:  # FileNotFoundError is an OSError
         raise ResumeError(f"--resume: {exc}") from exc
     return dict(client or {})
 
