@@ -82,8 +82,18 @@ def initialize(
             raise TypeError("optimizer: expected a torch optimizer, a callable or None")
         params = model_parameters if model_parameters is not None else model.parameters()
         client = client(params)
+    from tiermem.engine.zero_init import context_of
+
+    built_in = context_of(model)
+    if built_in is not None:
+        built_in.check_compatible(settings)
     engine = TiermemEngine(
-        model, settings, comm=comm, client_optimizer=client, lr_scheduler=lr_scheduler
+        model,
+        settings,
+        comm=comm,
+        client_optimizer=client,
+        lr_scheduler=lr_scheduler,
+        init_context=built_in,
     )
     loader = None
     if training_data is not None:
@@ -102,12 +112,18 @@ def initialize(
 
 
 def init_context(config: Any = None, **kwargs: Any) -> Any:
-    """Build a model partitioned as it is created (like ``deepspeed.zero.Init``): not yet.
+    """A context in which models are built partitioned (like ``deepspeed.zero.Init``).
 
-    Until it lands, build the model normally and pass it to :func:`initialize`,
-    which partitions it at stage 3.
+    ``with tiermem.init_context(config=cfg): model = MyModel()``; then pass
+    ``model`` and the same config to :func:`initialize`. See
+    :mod:`tiermem.engine.zero_init`.
     """
-    raise NotImplementedError(
-        "tiermem.init_context is not implemented yet; build the model normally and "
-        "pass it to tiermem.initialize (stage 3 partitions it there)"
-    )
+    from tiermem.engine.zero_init import InitContext
+
+    if "config_dict_or_path" in kwargs:  # deepspeed.zero.Init's name for it
+        config = kwargs.pop("config_dict_or_path")
+    if kwargs:
+        raise TypeError(f"init_context: unexpected arguments {sorted(kwargs)}")
+    if config is None:
+        raise ValueError("init_context: pass the config (a dict or a JSON file path)")
+    return InitContext(config)

@@ -120,6 +120,10 @@ class StoreParamHome(ParamHome):
     def numel(self, key: int) -> int:
         return self._numel[key]
 
+    def drop(self, key: int) -> None:
+        if self._numel.pop(key, None) is not None:
+            self.store.drop(self._name(key))
+
 
 class NvmeShardOptimizer(ShardOptimizer):
     """Adam states on NVMe, updated one sub-group at a time, pipelined through the store."""
@@ -184,6 +188,10 @@ class NvmeShardOptimizer(ShardOptimizer):
             if index == len(self._chunks[item.key]) - 1:
                 target.__exit__(None, None, None)
                 grads.pop(item.key)
+
+    def drop(self, key: int) -> None:
+        for index in range(len(self._chunks.pop(key, []))):
+            self.store.drop(self._name(key, index))
 
     def state(self, key: int) -> dict[str, torch.Tensor]:
         parts: dict[str, list[torch.Tensor]] = {"master": [], "exp_avg": [], "exp_avg_sq": []}

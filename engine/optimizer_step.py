@@ -84,6 +84,10 @@ class ShardOptimizer(ABC):
     def state(self, key: int) -> dict[str, torch.Tensor]:
         """Copies of shard ``key``'s ``master``, ``exp_avg`` and ``exp_avg_sq`` (host, fp32)."""
 
+    def drop(self, key: int) -> None:
+        """Forget shard ``key`` (its group is gone, or it is about to be added anew)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Free the states."""
         return None
@@ -148,6 +152,11 @@ class DeviceShardOptimizer(ShardOptimizer):
             "exp_avg": st.get("exp_avg", zeros).detach().cpu().clone(),
             "exp_avg_sq": st.get("exp_avg_sq", zeros).detach().cpu().clone(),
         }
+
+    def drop(self, key: int) -> None:
+        if self._torch_opt is not None:
+            raise RuntimeError("shards cannot be dropped after the first step")
+        self._master.pop(key, None)
 
     def close(self) -> None:
         self._master.clear()
@@ -254,6 +263,9 @@ class HostShardOptimizer(ShardOptimizer):
     def state(self, key: int) -> dict[str, torch.Tensor]:
         master, m, v = self._states[key]
         return {"master": master.clone(), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+
+    def drop(self, key: int) -> None:
+        self._states.pop(key, None)
 
     def close(self) -> None:
         self._states.clear()

@@ -55,6 +55,10 @@ class ParamHome(ABC):
         """Elements of shard ``key``."""
         raise NotImplementedError
 
+    def drop(self, key: int) -> None:
+        """Forget shard ``key`` (its group is gone)."""
+        raise NotImplementedError
+
 
 class DeviceParamHome(ParamHome):
     """Shards stay on the compute device (``offload_param.device: none``)."""
@@ -76,6 +80,9 @@ class DeviceParamHome(ParamHome):
 
     def numel(self, key: int) -> int:
         return self._shards[key].numel()
+
+    def drop(self, key: int) -> None:
+        self._shards.pop(key, None)
 
     def close(self) -> None:
         self._shards.clear()
@@ -110,6 +117,9 @@ class HostParamHome(ParamHome):
 
     def numel(self, key: int) -> int:
         return self._shards[key].numel()
+
+    def drop(self, key: int) -> None:
+        self._shards.pop(key, None)
 
     def close(self) -> None:
         self._shards.clear()

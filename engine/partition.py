@@ -274,6 +274,18 @@ class FlatParamGroup:
             self.acquire()
             self.refs = 0
 
+    def set_values(self, full_fp32: torch.Tensor) -> None:
+        """Replace the group's values everywhere (shard in its home, gathered buffer)."""
+        lay = self.layout
+        if self.state is GroupState.GATHERING:
+            self._finish_gather()
+        if self.partitioned:
+            target = self.home.open_for_update(self.key)
+            target.copy_(full_fp32[lay.shard_start : lay.shard_end].to(target.device))
+            self.home.close_update(self.key)
+        if self.flat is not None:
+            self.flat.copy_(full_fp32)
+
     def _point_params_at_flat(self) -> None:
         for slot, param in zip(self.layout.slots, self.params, strict=True):
             param.data = self.flat[slot.offset : slot.offset + slot.numel].view(slot.shape)

@@ -99,3 +99,21 @@ class Partitioner:
             )
         group.install(full)
         return group
+
+    def reinstall(self, group: FlatParamGroup, full_fp32: torch.Tensor) -> None:
+        """New values for an existing group (init code changed its gathered parameters)."""
+        self.comm.broadcast(full_fp32, src=0)
+        lay = group.layout
+        if group.trainable:
+            self.placements.shard_optimizer.drop(lay.key)
+            self.placements.shard_optimizer.add(lay.key, full_fp32[lay.shard_start : lay.shard_end])
+        group.set_values(full_fp32)
+
+    def drop(self, group: FlatParamGroup) -> None:
+        """Forget a group whose parameters the model no longer has."""
+        if group.trainable:
+            self.placements.shard_optimizer.drop(group.key)
+        if group.partitioned:
+            group.refs, group.persistent = 0, False
+            group.free()
+            self.placements.home.drop(group.key)

@@ -41,6 +41,7 @@ class ZeroSettings:
     optimizer_nvme_path: tuple[str, ...] = ()
     pin_memory: bool = True
     param_buffer_count: int = 5
+    param_buffer_size: int = 100_000_000
     optimizer_buffer_count: int = 4
     sub_group_size: int = 1_000_000_000
     prefetch_bucket_size: int = 50_000_000
@@ -122,6 +123,7 @@ def engine_settings(config: Any, *, world_size: int, model: Any = None) -> Engin
         optimizer_nvme_path=tuple(oo.nvme_path or ()),
         pin_memory=bool(oo.pin_memory if oo.device != "none" else op.pin_memory),
         param_buffer_count=op.buffer_count,
+        param_buffer_size=op.buffer_size,
         optimizer_buffer_count=oo.buffer_count,
         sub_group_size=z.sub_group_size,
         prefetch_bucket_size=int(z.stage3_prefetch_bucket_size),

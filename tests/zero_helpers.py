@@ -46,6 +46,13 @@ class Block(nn.Module):
         return x + self.out(F.gelu(self.fc(self.ln2(x))))
 
 
+def _gpt2_init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 class TinyGPT(nn.Module):
     """A GPT with tied input embedding and LM head; ``forward(idx, targets)`` returns the loss.
 
@@ -62,11 +69,7 @@ class TinyGPT(nn.Module):
         self.lm_head = nn.Linear(HIDDEN, VOCAB, bias=False)
         self.lm_head.weight = self.wte.weight
         self.register_buffer("positions", torch.arange(SEQ), persistent=False)
-        for module in self.modules():  # GPT-2's initialisation
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
+        self.apply(_gpt2_init)  # as Hugging Face's post_init does
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         x = self.wte(idx) + self.wpe(self.positions[: idx.shape[1]])
