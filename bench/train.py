@@ -1,0 +1,453 @@
+"""Training benchmark: tiermem's offload overhead, and tiermem against DeepSpeed ZeRO-3.
+
+On one GPT-style model (``tiermem.train.models.GPT``; default hidden 1024,
+4 layers, 16 heads, sequence 128, vocabulary 16384, batch 4, bf16: 67M
+parameters) and in one run, each case in a fresh subprocess
+(``bench/_train_case.py``):
+
+1. **Offload overhead.** tiermem ZeRO-3 with parameters and optimizer states
+   on NVMe against everything in RAM (offload none, the compute-only step).
+   Reported: median step time after warm-up, bytes moved per step (the
+   store's telemetry, ``engine.placements.stores``), achieved disk bandwidth,
+   and ``ratio = step / max(compute-only step, I/O time)`` where the I/O time
+   is read bytes / best read GB/s + written bytes / best write GB/s of
+   ``tiermem.diskbench`` on the same directory in the same run (a
+   ``--quick``-sized sweep). Target: ratio <= 1.15.
+2. **Against DeepSpeed** (0.19.8, ``DS_ACCELERATOR=cpu``, gloo, world size 1):
+   ZeRO-3 with no offload, optimizer offloaded to host (CPU Adam), and
+   parameters + optimizer on NVMe, against tiermem's same placements.
+   Targets: tiermem NVMe >= 2x faster than DeepSpeed NVMe; tiermem CPU
+   offload >= 1.0x DeepSpeed's. A missing DeepSpeed is reported as skipped.
+
+``--capacity`` (manual, not CI) instead trains a GPT whose training state
+(~18 bytes/parameter) is >= 2x this machine's RAM for 3 steps with
+parameters and optimizer on NVMe, built under ``tiermem.init_context``, and
+reports peak RSS, tier usage and step time.
+
+Usage::
+
+    .venv/bin/python bench/train.py --quick          # tiny model, seconds (smoke test)
+    .venv/bin/python bench/train.py                  # the issue's 67M model
+    .venv/bin/python bench/train.py --no-deepspeed   # tiermem cases only
+    .venv/bin/python bench/train.py --capacity       # hours; needs ~2.5x RAM of free disk
+
+Writes ``bench/results/train.json`` (``--json``). Timings on a shared machine
+are noisy: the load average at start and end is printed and kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CASE_SCRIPT = Path(__file__).resolve().parent / "_train_case.py"
+MiB, GiB = 1 << 20, 1 << 30
+OVERHEAD_TARGET = 1.15
+NVME_SPEEDUP_TARGET = 2.0
+CPU_SPEEDUP_TARGET = 1.0
+BYTES_PER_PARAM_STATE = 18  # bf16 param + fp32 grad + fp32 master, m, v (as the issue counts)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mem_total() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("MemTotal not in /proc/meminfo")
+
+
+def model_params(m: dict) -> int:
+    """Trainable parameters of the GPT ``m`` describes (LM head tied)."""
+    from tiermem.train.models import GPTConfig
+
+    cfg = GPTConfig(
+        vocab_size=m["vocab"],
+        hidden_size=m["hidden"],
+        num_layers=m["layers"],
+        num_heads=m["heads"],
+        seq_len=m["seq"],
+    )
+    return cfg.num_parameters
+
+
+def disk_bandwidth(directory: Path, size: int) -> dict:
+    """Best read and write GB/s of ``tiermem.diskbench``'s quick sweep on ``directory``."""
+    from tiermem import diskbench
+
+    result = diskbench.run(diskbench.DiskBenchConfig.quick(directory, size))
+    rows = result["results"]
+    best = {
+        op: max((r for r in rows if r["op"] == op), key=lambda r: r["gbps"])
+        for op in ("read", "write")
+    }
+    return {
+        "best_read_gbps": best["read"]["gbps"],
+        "best_write_gbps": best["write"]["gbps"],
+        "best_read_config": {k: best["read"][k] for k in ("backend", "block_size", "queue_depth")},
+        "filesystem": result.get("filesystem"),
+        "o_direct": result.get("o_direct"),
+        "size": size,
+        "rows": rows,
+    }
+
+
+def run_case(spec: dict, scratch: Path, timeout: float) -> dict:
+    """Run one case in a fresh interpreter; its JSON result (``error`` set on failure)."""
+    name = f"{spec['impl']}-{spec['placement']}"
+    spec = {**spec, "nvme_dir": str(scratch / name), "port": _free_port()}
+    spec_path = scratch / f"{name}.spec.json"
+    out_path = scratch / f"{name}.out.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+    print(f"case {name} ...", flush=True)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(CASE_SCRIPT), str(spec_path), str(out_path)],
+            env=env,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
+        )
+    except subprocess.TimeoutExpired:
+        return {"spec": spec, "error": f"timed out after {timeout:.0f} s"}
+    finally:
+        shutil.rmtree(scratch / name, ignore_errors=True)
+    wall = time.perf_counter() - t0
+    if not out_path.exists():
+        tail = (proc.stderr or "").strip().splitlines()[-5:]
+        return {"spec": spec, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
+    result = json.loads(out_path.read_text())
+    result["process_seconds"] = wall
+    return result
+
+
+def summarize(result: dict, warmup: int) -> dict:
+    """Median step time after warm-up, and per-step I/O where the case has a store."""
+    if result.get("error"):
+        return {"error": result["error"]}
+    steps = result["steps"][warmup:] or result["steps"]
+    out: dict[str, Any] = {
+        "step_seconds": statistics.median(s["seconds"] for s in steps),
+        "step_seconds_all": [round(s["seconds"], 4) for s in result["steps"]],
+        "init_seconds": round(result["init_seconds"], 3),
+        "peak_rss_bytes": result["peak_rss_bytes"],
+        "loss_first_last": [result["steps"][0]["loss"], result["steps"][-1]["loss"]],
+    }
+    if "bytes_moved" in steps[0]:
+        read = statistics.median(s["bytes_moved"].get("nvme->host", 0) for s in steps)
+        write = statistics.median(s["bytes_moved"].get("host->nvme", 0) for s in steps)
+        out.update(
+            read_bytes_per_step=int(read),
+            write_bytes_per_step=int(write),
+            stall_seconds_per_step=statistics.median(s["stall_seconds"] for s in steps),
+            prefetch_hits=sum(s["prefetch_hits"] for s in steps),
+            prefetch_misses=sum(s["prefetch_misses"] for s in steps),
+            tiers=result["store"]["tiers"],
+        )
+    return out
+
+
+def overhead(tm_none: dict, tm_nvme: dict, disk: dict) -> dict:
+    """The offload overhead ratio of tiermem NVMe against its compute-only step and the disk."""
+    if "error" in tm_none or "error" in tm_nvme:
+        return {"error": "a tiermem case failed"}
+    compute = tm_none["step_seconds"]
+    step = tm_nvme["step_seconds"]
+    read, write = tm_nvme["read_bytes_per_step"], tm_nvme["write_bytes_per_step"]
+    io_seconds = read / (disk["best_read_gbps"] * 1e9) + write / (disk["best_write_gbps"] * 1e9)
+    bound = max(compute, io_seconds)
+    return {
+        "compute_only_step_seconds": compute,
+        "nvme_step_seconds": step,
+        "bytes_moved_per_step": read + write,
+        "read_bytes_per_step": read,
+        "write_bytes_per_step": write,
+        "achieved_read_gbps": read / step / 1e9,
+        "achieved_write_gbps": write / step / 1e9,
+        "achieved_total_gbps": (read + write) / step / 1e9,
+        "io_seconds_at_disk_best": io_seconds,
+        "bound_seconds": bound,
+        "ratio": step / bound,
+        "target": OVERHEAD_TARGET,
+        "met": step / bound <= OVERHEAD_TARGET,
+    }
+
+
+def versus_deepspeed(summary: dict[str, dict]) -> dict:
+    """DeepSpeed step / tiermem step per placement (> 1: tiermem faster)."""
+    out = {}
+    targets = {"nvme": NVME_SPEEDUP_TARGET, "cpu": CPU_SPEEDUP_TARGET, "none": None}
+    for where, target in targets.items():
+        tm, ds = summary.get(f"tiermem-{where}"), summary.get(f"deepspeed-{where}")
+        if not tm or not ds or "step_seconds" not in tm or "step_seconds" not in ds:
+            continue
+        speedup = ds["step_seconds"] / tm["step_seconds"]
+        out[where] = {"speedup": speedup, "target": target}
+        if target is not None:
+            out[where]["met"] = speedup >= target
+    return out
+
+
+def print_table(summary: dict[str, dict]) -> None:
+    """One row per case."""
+    print(
+        f"\n{'case':<16} {'step s':>8} {'init s':>7} {'peak RSS':>9} {'read/step':>10} "
+        f"{'write/step':>10} {'stall/step':>10}"
+    )
+    for name, s in summary.items():
+        if "error" in s or "skipped" in s:
+            print(f"{name:<16} {s.get('skipped') or s.get('error')}")
+            continue
+        io = ("", "", "")
+        if "read_bytes_per_step" in s:
+            io = (
+                f"{s['read_bytes_per_step'] / MiB:.1f} MiB",
+                f"{s['write_bytes_per_step'] / MiB:.1f} MiB",
+                f"{s['stall_seconds_per_step']:.3f} s",
+            )
+        print(
+            f"{name:<16} {s['step_seconds']:>8.3f} {s['init_seconds']:>7.1f} "
+            f"{s['peak_rss_bytes'] / GiB:>7.2f} G {io[0]:>10} {io[1]:>10} {io[2]:>10}"
+        )
+
+
+def _model_args(args: argparse.Namespace) -> dict:
+    return {
+        "vocab": args.vocab,
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "heads": args.heads,
+        "seq": args.seq,
+    }
+
+
+def run_comparison(args: argparse.Namespace, scratch: Path) -> dict:
+    """The overhead and DeepSpeed cases; the JSON result."""
+    load_start = os.getloadavg()
+    disk = disk_bandwidth(scratch, args.disk_size)
+    print(
+        f"disk ({disk['filesystem']}, O_DIRECT {disk['o_direct']}): best read "
+        f"{disk['best_read_gbps']:.2f} GB/s, best write {disk['best_write_gbps']:.2f} GB/s"
+    )
+    base = {
+        "model": _model_args(args),
+        "batch": args.batch,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "precision": args.precision,
+        "sub_group_size": args.sub_group_size,
+        "threads": args.threads,
+    }
+    cases = [("tiermem", "none"), ("tiermem", "nvme"), ("tiermem", "cpu")]
+    skipped: dict[str, str] = {}
+    if args.no_deepspeed:
+        skipped["deepspeed"] = "--no-deepspeed"
+    elif importlib.util.find_spec("deepspeed") is None:
+        skipped["deepspeed"] = "not installed (bench/setup_peers.sh installs it)"
+    else:
+        cases += [("deepspeed", "none"), ("deepspeed", "cpu"), ("deepspeed", "nvme")]
+    raw: dict[str, dict] = {}
+    summary: dict[str, dict] = {}
+    for impl, where in cases:
+        name = f"{impl}-{where}"
+        raw[name] = run_case({**base, "impl": impl, "placement": where}, scratch, args.timeout)
+        summary[name] = summarize(raw[name], args.warmup)
+        s = summary[name]
+        print(f"  {name}: " + (s["error"] if "error" in s else f"{s['step_seconds']:.3f} s/step"))
+    for tool, reason in skipped.items():
+        print(f"skip {tool}: {reason}")
+    load_end = os.getloadavg()
+    print_table(summary)
+    over = overhead(summary["tiermem-none"], summary["tiermem-nvme"], disk)
+    if "error" not in over:
+        print(
+            f"\noffload overhead: NVMe step {over['nvme_step_seconds']:.3f} s, compute-only "
+            f"{over['compute_only_step_seconds']:.3f} s, moved "
+            f"{over['bytes_moved_per_step'] / MiB:.1f} MiB/step (achieved "
+            f"{over['achieved_total_gbps']:.2f} GB/s; I/O at disk best "
+            f"{over['io_seconds_at_disk_best']:.3f} s) -> ratio {over['ratio']:.2f} "
+            f"(target <= {OVERHEAD_TARGET}: {'met' if over['met'] else 'NOT met'})"
+        )
+    vs = versus_deepspeed(summary)
+    for where, v in vs.items():
+        target = (
+            ""
+            if v["target"] is None
+            else (f" (target >= {v['target']}: {'met' if v['met'] else 'NOT met'})")
+        )
+        print(f"vs DeepSpeed {where}: tiermem {v['speedup']:.2f}x faster{target}")
+    print(
+        f"load average: start {' '.join(f'{x:.2f}' for x in load_start)}, "
+        f"end {' '.join(f'{x:.2f}' for x in load_end)} (2-core machine shared with others)"
+    )
+    return {
+        "disk": disk,
+        "cases": summary,
+        "raw": raw,
+        "overhead": over,
+        "vs_deepspeed": vs,
+        "skipped": skipped,
+        "load_average": {"start": load_start, "end": load_end},
+    }
+
+
+def capacity_model(ram: int, factor: float, hidden: int, heads: int, seq: int) -> dict:
+    """A GPT whose training state (18 B/param) is at least ``factor`` x ``ram``."""
+    per_layer = 12 * hidden * hidden + 13 * hidden
+    need = factor * ram / BYTES_PER_PARAM_STATE
+    layers = max(1, -(-int(need - 256 * hidden - seq * hidden) // per_layer))
+    return {"vocab": 256, "hidden": hidden, "layers": layers, "heads": heads, "seq": seq}
+
+
+def run_capacity(args: argparse.Namespace, scratch: Path) -> dict:
+    """Train a model whose state is >= 2x RAM for 3 steps; peak RSS, tiers, step time."""
+    ram = _mem_total()
+    model = capacity_model(ram, args.capacity_factor, args.hidden, args.heads, args.seq)
+    params = model_params(model)
+    state = params * BYTES_PER_PARAM_STATE
+    disk_need = params * (2 + 12)  # bf16 shards + fp32 master/m/v on NVMe
+    free = shutil.disk_usage(scratch).free
+    print(
+        f"capacity: RAM {ram / GiB:.1f} GiB; model {params / 1e9:.2f}B params "
+        f"({model['layers']} layers x hidden {model['hidden']}), training state "
+        f"{state / GiB:.1f} GiB = {state / ram:.2f}x RAM; NVMe needs {disk_need / GiB:.1f} GiB, "
+        f"{free / GiB:.1f} GiB free"
+    )
+    if free < disk_need * 1.05:
+        raise SystemExit(
+            f"--capacity: {scratch} has {free / GiB:.1f} GiB free, needs "
+            f"{disk_need * 1.05 / GiB:.1f} GiB"
+        )
+    spec = {
+        "model": model,
+        "batch": args.batch,
+        "warmup": 0,
+        "steps": 3,
+        "precision": "bf16",
+        "sub_group_size": args.sub_group_size,
+        "threads": args.threads,
+        "impl": "tiermem",
+        "placement": "nvme",
+        "init_context": True,
+    }
+    raw = run_case(spec, scratch, args.timeout)
+    s = summarize(raw, 0)
+    if "error" in s:
+        print(f"capacity run failed: {s['error']}")
+    else:
+        print(
+            f"capacity: steps {s['step_seconds_all']} s, peak RSS "
+            f"{s['peak_rss_bytes'] / GiB:.2f} GiB (target <= 6), tiers {s['tiers']}"
+        )
+    return {
+        "ram_bytes": ram,
+        "model": model,
+        "params": params,
+        "state_bytes": state,
+        "state_over_ram": state / ram,
+        "summary": s,
+        "raw": raw,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options; ``--quick`` and ``--capacity`` set their own model sizes."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", default=str(REPO / "scratch"), help="NVMe scratch parent directory")
+    ap.add_argument("--quick", action="store_true", help="tiny model and steps: a smoke test")
+    ap.add_argument("--capacity", action="store_true", help="state >= 2x RAM, 3 steps (manual)")
+    ap.add_argument("--capacity-factor", type=float, default=2.0)
+    ap.add_argument("--no-deepspeed", action="store_true")
+    ap.add_argument("--hidden", type=int, default=None)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--vocab", type=int, default=16384)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5, help="measured steps after warm-up")
+    ap.add_argument("--sub-group-size", type=int, default=4_000_000)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--disk-size", default=None, help="diskbench file size (bytes)")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "train.json"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.hidden = args.hidden or 64
+        args.layers, args.heads, args.seq, args.vocab = 2, 2, 32, 256
+        args.batch, args.warmup, args.steps = 2, 1, 3
+        args.sub_group_size = min(args.sub_group_size, 20_000)
+    if args.capacity:
+        args.hidden = args.hidden or 4096
+        args.heads, args.seq, args.batch = 32, 512, 1
+        args.timeout = max(args.timeout, 6 * 3600.0)
+    args.hidden = args.hidden or 1024
+    args.disk_size = (
+        int(args.disk_size) if args.disk_size else (64 * MiB if args.quick else 256 * MiB)
+    )
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; exit 0 when it ran (targets are reported, not enforced)."""
+    args = parse_args(argv)
+    parent = Path(args.dir)
+    parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-train-", dir=parent))
+    model = _model_args(args)
+    try:
+        if args.capacity:
+            body = {"capacity": run_capacity(args, scratch)}
+        else:
+            n = model_params(model)
+            print(
+                f"model: GPT {n / 1e6:.1f}M params (hidden {args.hidden}, {args.layers} layers, "
+                f"{args.heads} heads, seq {args.seq}, vocab {args.vocab}), batch {args.batch}, "
+                f"{args.precision}; {args.warmup} warm-up + {args.steps} measured steps"
+            )
+            body = run_comparison(args, scratch)
+            body["params"] = n
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result = {
+        "schema": "tiermem.bench.train/1",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "ram_bytes": _mem_total(),
+        },
+        "args": {k: v for k, v in vars(args).items() if k != "json"},
+        **body,
+    }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
