@@ -21,6 +21,7 @@ def test_resumed_losses_equal_uninterrupted(tmp_path):
     assert first.checkpoint["saved"] and first.checkpoint["tag"] == "step3"
     resumed = train(TrainOptions(steps=5, checkpoint_dir=ckpt, resume=True, **common))
     assert resumed.start_step == 3
+    assert resumed.prior_losses == [r.loss for r in first.records]
     assert [r.step for r in resumed.records] == [4, 5]
     # same weights, optimizer states, schedule and batches: the same losses
     for a, b in zip(full.records[3:], resumed.records, strict=True):
@@ -29,6 +30,8 @@ def test_resumed_losses_equal_uninterrupted(tmp_path):
     assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step3", "step5"]
     with pytest.raises(ResumeError, match="at step 5 already"):
         train(TrainOptions(steps=5, checkpoint_dir=ckpt, resume=True, **common))
+    with pytest.raises(ResumeError, match="pass --seed 3"):
+        train(TrainOptions(steps=9, checkpoint_dir=ckpt, resume=True, **{**common, "seed": 4}))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # scratch dirs removed
 
 

@@ -404,15 +404,14 @@ class _TrainProgress:
             self.progress.update(self.task, completed=first_step)
 
     def step(self, record) -> None:
-        moved = "  ".join(
-            f"{pair} {n / record.seconds / 1e6:.0f} MB/s"
-            for pair, n in record.bytes_moved.items()
-            if record.seconds > 0
-        )
-        stats = (
-            f"loss {record.loss:.3f}  {record.tokens_per_second:,.0f} tok/s  "
-            f"{moved}  stall {1000 * record.stall_seconds:.0f} ms"
-        )
+        parts = [f"loss {record.loss:.3f}", f"{record.tokens_per_second:,.0f} tok/s"]
+        if record.seconds > 0:
+            parts += [
+                f"{pair} {n / record.seconds / 1e6:.0f} MB/s"
+                for pair, n in record.bytes_moved.items()
+            ]
+        parts.append(f"stall {1000 * record.stall_seconds:.0f} ms")
+        stats = "  ".join(parts)
         if self.progress is not None:
             self.progress.update(self.task, completed=record.step, stats=stats)
         elif record.step % self.every == 0 or record.step == self.total:

@@ -126,6 +126,7 @@ class TrainResult:
     spans: list[ComputeSpan] = field(default_factory=list)
     telemetry: dict[str, Any] = field(default_factory=dict)
     store_traces: list[tuple[float, dict]] = field(default_factory=list)
+    prior_losses: list[float] = field(default_factory=list)  # steps before a resume
     clock_origin: float = 0.0
     checkpoint: dict[str, Any] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
@@ -302,13 +303,19 @@ def train(
                     f"--resume: the checkpoint in {opts.checkpoint_dir} is of model "
                     f"{client.get('model')!r}, not {opts.model!r}"
                 )
+            if client.get("seed", opts.seed) != opts.seed:
+                raise ResumeError(
+                    f"--resume: the checkpoint in {opts.checkpoint_dir} was trained with "
+                    f"--seed {client['seed']}; pass --seed {client['seed']} to continue its batches"
+                )
             result.start_step = int(client.get("step", engine.global_steps))
             if result.start_step >= opts.steps:
                 raise ResumeError(
                     f"--resume: the checkpoint in {opts.checkpoint_dir} is at step "
                     f"{result.start_step} already; pass --steps above {result.start_step}"
                 )
-            history = [float(x) for x in client.get("losses", [])]
+            history = [float(x) for x in client.get("losses", [])][: result.start_step]
+            result.prior_losses = history
         if on_start is not None:
             on_start(result)
         _run_steps(engine, corpus, opts, result, on_step, should_stop)

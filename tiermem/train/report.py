@@ -198,6 +198,11 @@ def _plot_loss(result: TrainResult, path: Path) -> None:
     fig = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    prior = result.prior_losses
+    if prior:
+        ax.plot(
+            range(1, len(prior) + 1), prior, color="#BBBBBB", linewidth=1, label="before --resume"
+        )
     ax.plot(steps, losses, color="#9DB4D9", linewidth=1, label="loss per step")
     if len(losses) >= 2:
         window = min(_WINDOW, len(losses))
