@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tiermem.cli import main
+from tiermem.cli import UsageError, main
+from tiermem.engine.config import ConfigError
 
 CASES = {
     "bad-stage": ({"zero_optimization": {"stage": 7}}, "zero_optimization.stage"),
@@ -33,3 +34,13 @@ def test_bad_config_names_the_field(name, tmp_path, monkeypatch, capsys):
     assert expected in err and str(path) in err
     # the scratch directory made before the config was read is gone again
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds_config.json"]
+
+
+def test_debug_raises_with_the_config_error_as_cause(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "ds_config.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 7}}))
+    with pytest.raises(UsageError) as exc:
+        main(["--debug", "train", "--model", "tiny", "--config", str(path)])
+    assert isinstance(exc.value.__cause__, ConfigError)
+    assert exc.value.__cause__.path == "zero_optimization.stage"
