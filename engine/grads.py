@@ -96,6 +96,10 @@ class GradReducer:
             n = lay.shard_numel if shard_grads else lay.padded_numel
             self.accum[gi] = torch.zeros(n, dtype=torch.float32, device=accum_device)
         self._bucket: dict[int, torch.Tensor] = {}
+        self._filled: dict[int, set[int]] = {}  # slots written into each bucket
+        # accumulators holding nothing since the last zero(): the next landing takes
+        # the reduced tensor itself instead of adding it (saves a pass and a zero_)
+        self._fresh: set[int] = set(self.accum)
         self._remaining: dict[int, int] = {}
         self._reduced: set[int] = set()
         self._in_flight: list[tuple[int, Pending, torch.Tensor, torch.Tensor]] = []
@@ -121,11 +125,25 @@ class GradReducer:
     def _bucket_for(self, gi: int) -> torch.Tensor:
         bucket = self._bucket.get(gi)
         if bucket is None:
-            group = self.groups[gi]
-            bucket = torch.zeros(
-                group.layout.padded_numel, dtype=torch.float32, device=group.device
+            lay = self.groups[gi].layout
+            bucket = torch.empty(
+                lay.padded_numel, dtype=torch.float32, device=self.groups[gi].device
             )
+            bucket[lay.numel :].zero_()
             self._bucket[gi] = bucket
+            self._filled[gi] = set()
+        return bucket
+
+    def _complete_bucket(self, gi: int) -> torch.Tensor:
+        """The group's bucket with the slots no gradient reached set to zero."""
+        lay = self.groups[gi].layout
+        bucket = self._bucket.pop(gi, None)
+        filled = self._filled.pop(gi, set())
+        if bucket is None:
+            return torch.zeros(lay.padded_numel, dtype=torch.float32, device=self.groups[gi].device)
+        for index, slot in enumerate(lay.slots):
+            if index not in filled:
+                bucket[slot.offset : slot.offset + slot.numel].zero_()
         return bucket
 
     def _on_grad(self, gi: int, slot_index: int, param: nn.Parameter) -> None:
@@ -138,6 +156,7 @@ class GradReducer:
         self.touched.add(gi)
         bucket = self._bucket_for(gi)
         bucket[slot.offset : slot.offset + slot.numel].copy_(grad.reshape(-1))
+        self._filled[gi].add(slot_index)
         if gi in self._reduced:
             # a second gradient for this group in the same backward (e.g. retain_graph);
             # reduce it as its own contribution
@@ -149,14 +168,12 @@ class GradReducer:
 
     def _reduce(self, gi: int) -> None:
         group = self.groups[gi]
-        bucket = self._bucket.pop(gi, None)
-        if bucket is None:
-            bucket = torch.zeros(
-                group.layout.padded_numel, dtype=torch.float32, device=group.device
-            )
+        bucket = self._complete_bucket(gi)
         self._remaining[gi] = len(group.params)
         self._reduced.add(gi)
-        if self.shard_grads:
+        if self.comm.world_size == 1:
+            out, pending = bucket, None  # nothing to reduce
+        elif self.shard_grads:
             out = torch.empty(group.layout.shard_numel, dtype=torch.float32, device=group.device)
             pending = self.comm.reduce_scatter_flat(out, bucket, average=True, async_op=True)
         else:
@@ -171,9 +188,17 @@ class GradReducer:
         if self.on_reduced is not None:
             self.on_reduced(gi)
 
-    def _land(self, gi: int, pending: Pending, out: torch.Tensor, _bucket: torch.Tensor) -> None:
-        pending.wait()
-        self.accum[gi].add_(out.to(self.accum_device))
+    def _land(
+        self, gi: int, pending: Pending | None, out: torch.Tensor, _bucket: torch.Tensor
+    ) -> None:
+        if pending is not None:
+            pending.wait()
+        out = out.to(self.accum_device)
+        if gi in self._fresh:
+            self.accum[gi] = out if out.is_contiguous() else out.contiguous()
+            self._fresh.discard(gi)
+        else:
+            self.accum[gi].add_(out)
 
     def finish_backward(self) -> None:
         """Reduce what is still pending; called once at the end of each backward."""
@@ -194,6 +219,9 @@ class GradReducer:
     # -- between steps --------------------------------------------------------------------
     def owner_grad(self, gi: int) -> torch.Tensor:
         """The fp32 gradient of the shard this rank updates for group ``gi``."""
+        if gi in self._fresh:  # nothing landed since zero(): drop stale contents now
+            self.accum[gi].zero_()
+            self._fresh.discard(gi)
         acc = self.accum[gi]
         if self.shard_grads:
             return acc
@@ -221,7 +249,6 @@ class GradReducer:
 
     def zero(self) -> None:
         """Clear the accumulators (after a step, or on the user's ``zero_grad``)."""
-        for acc in self.accum.values():
-            acc.zero_()
+        self._fresh = set(self.accum)
         self.has_grads = False
         self.touched.clear()
