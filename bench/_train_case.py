@@ -194,6 +194,19 @@ def _delta(before: dict, after: dict) -> dict:
     }
 
 
+def _timed_step(engine: Any, idx: torch.Tensor, tgt: torch.Tensor) -> tuple[float, dict, float]:
+    """One training step: total seconds, seconds per phase, loss."""
+    t0 = time.perf_counter()
+    loss = engine(idx, tgt)
+    t1 = time.perf_counter()
+    engine.backward(loss)
+    t2 = time.perf_counter()
+    engine.step()
+    t3 = time.perf_counter()
+    phases = {"forward": t1 - t0, "backward": t2 - t1, "step": t3 - t2}
+    return t3 - t0, phases, float(loss.detach().float())
+
+
 def run_tiermem(spec: dict, nvme_dir: Path) -> dict:
     """Train with tiermem; per-step times and store telemetry."""
     import tiermem
@@ -215,16 +228,12 @@ def run_tiermem(spec: dict, nvme_dir: Path) -> dict:
     try:
         for i, (idx, tgt) in enumerate(batches):
             before = _store_totals(stores)
-            s0 = time.perf_counter()
-            loss = engine(idx, tgt)
-            engine.backward(loss)
-            engine.step()
-            seconds = time.perf_counter() - s0
-            row = {"step": i, "seconds": seconds, "loss": float(loss.detach().float())}
+            seconds, phases, loss = _timed_step(engine, idx, tgt)
+            row = {"step": i, "seconds": seconds, "phases": phases, "loss": loss}
             row.update(_delta(before, _store_totals(stores)))
             row["rss_bytes"] = _rss_bytes()
             steps.append(row)
-            print(f"  step {i}: {seconds:.3f} s loss {row['loss']:.4f}", file=sys.stderr)
+            print(f"  step {i}: {seconds:.3f} s {phases}", file=sys.stderr)
         final = _store_totals(stores)
     finally:
         engine.close()
@@ -252,20 +261,17 @@ def run_deepspeed(spec: dict, nvme_dir: Path) -> dict:
     init_seconds = time.perf_counter() - t0
     steps = []
     for i, (idx, tgt) in enumerate(_batches(spec, spec["warmup"] + spec["steps"])):
-        s0 = time.perf_counter()
-        loss = engine(idx, tgt)
-        engine.backward(loss)
-        engine.step()
-        seconds = time.perf_counter() - s0
+        seconds, phases, loss = _timed_step(engine, idx, tgt)
         steps.append(
             {
                 "step": i,
                 "seconds": seconds,
-                "loss": float(loss.detach().float()),
+                "phases": phases,
+                "loss": loss,
                 "rss_bytes": _rss_bytes(),
             }
         )
-        print(f"  step {i}: {seconds:.3f} s loss {steps[-1]['loss']:.4f}", file=sys.stderr)
+        print(f"  step {i}: {seconds:.3f} s {phases}", file=sys.stderr)
     return {"init_seconds": init_seconds, "steps": steps, "deepspeed": deepspeed.__version__}
 
 
