@@ -23,6 +23,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import torch
@@ -224,13 +225,12 @@ class TiermemEngine:
         """The gradient reducer and, at stage 3, the gather/release hooks."""
         zero = self.settings.zero
         self.backward_pass = BackwardPass()
-        accum_device = self.device if zero.offload_optimizer == "none" else torch.device("cpu")
         self.reducer = GradReducer(
             self.groups,
             comm=self.comm,
             backward_pass=self.backward_pass,
             shard_grads=self.stage >= 2,
-            accum_device=accum_device,
+            accumulators=self.placements.grad_accumulators,
         )
         self.param_scheduler: ParamScheduler | None = None
         if self.stage == 3:
@@ -348,8 +348,11 @@ class TiermemEngine:
             bias_correction=hp.bias_correction,
         )
 
-    def _global_sqnorm(self, grads: Iterable[torch.Tensor]) -> float:
-        total = sum(_sqnorm(g) for g in grads)
+    def _global_sqnorm(self, keys: Iterable[int]) -> float:
+        total = 0.0
+        for gi in keys:
+            total += _sqnorm(self.reducer.open_owner_grad(gi))
+            self.reducer.close_owner_grad(gi)
         if self.stage > 0:
             total = self.comm.all_reduce_scalar(total)
         return total
@@ -362,14 +365,13 @@ class TiermemEngine:
             self.param_scheduler.free_unused()
         self.reducer.wait_all()
         keys = self.reducer.stepped_groups()
-        grads = {gi: self.reducer.owner_grad(gi) for gi in keys}
         inv_scale = 1.0 / self._grad_loss_scale
         clip = self.settings.gradient_clipping
         fp16 = self.precision.kind == "fp16"
         clip_coef = 1.0
         self._global_grad_norm = None
         if clip > 0 or fp16:
-            norm = math.sqrt(self._global_sqnorm(grads.values())) * inv_scale
+            norm = math.sqrt(self._global_sqnorm(keys)) * inv_scale
             self._global_grad_norm = norm
             if fp16 and not math.isfinite(norm):
                 return self._skip_step(zero_grads)
@@ -382,7 +384,8 @@ class TiermemEngine:
             items.append(
                 StepItem(
                     group.key,
-                    grads[gi],
+                    partial(self.reducer.open_owner_grad, gi),
+                    partial(self.reducer.close_owner_grad, gi),
                     group.update_target,
                     group.after_update,
                     self._group_steps[gi],

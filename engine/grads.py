@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from tiermem.engine.comm import Communicator, Pending
+from tiermem.engine.grad_accum import GradAccumulators
 from tiermem.engine.partition import FlatParamGroup
 
 __all__ = ["BackwardPass", "GradReducer"]
@@ -68,8 +69,8 @@ class GradReducer:
     """Collects, reduces and accumulates the gradients of trainable groups.
 
     ``shard_grads`` (stages 2/3) keeps only this rank's shard of each
-    accumulator; otherwise the full padded flat gradient is kept. ``accum_device``
-    is where the fp32 accumulators live. ``on_reduced(group_index)`` is called
+    accumulator; otherwise the full padded flat gradient is kept. ``accumulators``
+    hold them (:mod:`tiermem.engine.grad_accum`). ``on_reduced(group_index)`` is called
     after a group's gradients were handed off (stage 3 releases the group then).
     """
 
@@ -80,26 +81,21 @@ class GradReducer:
         comm: Communicator,
         backward_pass: BackwardPass,
         shard_grads: bool,
-        accum_device: torch.device,
+        accumulators: GradAccumulators,
         on_reduced: Callable[[int], None] | None = None,
     ) -> None:
         self.groups = list(groups)
         self.comm = comm
         self.shard_grads = shard_grads
-        self.accum_device = accum_device
+        self.accumulators = accumulators
         self.on_reduced = on_reduced
         self.backward_pass = backward_pass
         self.trainable = [g.index for g in self.groups if g.trainable]
-        self.accum: dict[int, torch.Tensor] = {}
         for gi in self.trainable:
             lay = self.groups[gi].layout
-            n = lay.shard_numel if shard_grads else lay.padded_numel
-            self.accum[gi] = torch.zeros(n, dtype=torch.float32, device=accum_device)
+            accumulators.add_group(gi, lay.shard_numel if shard_grads else lay.padded_numel)
         self._bucket: dict[int, torch.Tensor] = {}
         self._filled: dict[int, set[int]] = {}  # slots written into each bucket
-        # accumulators holding nothing since the last zero(): the next landing takes
-        # the reduced tensor itself instead of adding it (saves a pass and a zero_)
-        self._fresh: set[int] = set(self.accum)
         self._remaining: dict[int, int] = {}
         self._reduced: set[int] = set()
         self._in_flight: list[tuple[int, Pending, torch.Tensor, torch.Tensor]] = []
@@ -193,12 +189,7 @@ class GradReducer:
     ) -> None:
         if pending is not None:
             pending.wait()
-        out = out.to(self.accum_device)
-        if gi in self._fresh:
-            self.accum[gi] = out if out.is_contiguous() else out.contiguous()
-            self._fresh.discard(gi)
-        else:
-            self.accum[gi].add_(out)
+        self.accumulators.land(gi, out)
 
     def finish_backward(self) -> None:
         """Reduce what is still pending; called once at the end of each backward."""
@@ -213,20 +204,20 @@ class GradReducer:
         """Land every reduction in flight into the accumulators."""
         while self._in_flight:
             self._land(*self._in_flight.pop(0))
-        if self.accum_device.type == "cuda":
-            torch.cuda.current_stream(self.accum_device).synchronize()
 
     # -- between steps --------------------------------------------------------------------
-    def owner_grad(self, gi: int) -> torch.Tensor:
-        """The fp32 gradient of the shard this rank updates for group ``gi``."""
-        if gi in self._fresh:  # nothing landed since zero(): drop stale contents now
-            self.accum[gi].zero_()
-            self._fresh.discard(gi)
-        acc = self.accum[gi]
+    def open_owner_grad(self, gi: int) -> torch.Tensor:
+        """The fp32 gradient of the shard this rank updates for group ``gi``, until
+        :meth:`close_owner_grad`."""
+        acc = self.accumulators.open(gi)
         if self.shard_grads:
             return acc
         lay = self.groups[gi].layout
         return acc[lay.shard_start : lay.shard_end]
+
+    def close_owner_grad(self, gi: int) -> None:
+        """Done with :meth:`open_owner_grad`'s tensor."""
+        self.accumulators.close(gi)
 
     def stepped_groups(self) -> list[int]:
         """Trainable groups that got a gradient on some rank since the last :meth:`zero`.
@@ -243,12 +234,8 @@ class GradReducer:
         self.comm.all_reduce(flags)
         return [gi for gi in self.trainable if flags[gi] > 0]
 
-    def full_grad(self, gi: int) -> torch.Tensor | None:
-        """The full fp32 flat gradient of group ``gi`` (stages 0/1 only, else None)."""
-        return None if self.shard_grads else self.accum[gi]
-
     def zero(self) -> None:
         """Clear the accumulators (after a step, or on the user's ``zero_grad``)."""
-        self._fresh = set(self.accum)
+        self.accumulators.zero()
         self.has_grads = False
         self.touched.clear()

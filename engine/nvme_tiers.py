@@ -172,7 +172,7 @@ class NvmeShardOptimizer(ShardOptimizer):
             if index == 0:
                 target = _HostTarget(item)
                 out = target.__enter__()
-                grads[item.key] = _host_grad(item.grad)
+                grads[item.key] = _host_grad(item.open_grad())
             packed = current.wait()
             n = hi - lo
             states = (packed[:n], packed[n : 2 * n], packed[2 * n :])
@@ -188,6 +188,7 @@ class NvmeShardOptimizer(ShardOptimizer):
             if index == len(self._chunks[item.key]) - 1:
                 target.__exit__(None, None, None)
                 grads.pop(item.key)
+                item.close_grad()
 
     def drop(self, key: int) -> None:
         for index in range(len(self._chunks.pop(key, []))):

@@ -54,6 +54,9 @@ class AdamHyper:
 class StepItem:
     """One shard to update: its fp32 gradient and where its new parameters go.
 
+    ``open_grad()`` returns the shard's fp32 gradient (scaled in place by the
+    optimizer, which owns it until ``close_grad()``).
+
     ``open_target()`` returns the tensor to write the new compute-dtype
     parameters into and ``close_target()`` publishes them; an optimizer opens
     one item's target at a time, just before it writes it, so a parameter tier
@@ -61,7 +64,8 @@ class StepItem:
     """
 
     key: int
-    grad: torch.Tensor
+    open_grad: Callable[[], torch.Tensor]
+    close_grad: Callable[[], None]
     open_target: Callable[[], torch.Tensor]
     close_target: Callable[[], None]
     step: int = 1
@@ -133,11 +137,13 @@ class DeviceShardOptimizer(ShardOptimizer):
         for master in self._master.values():
             master.grad = None
         for item in items:
-            grad = item.grad.to(self.device)
+            grad = item.open_grad().to(self.device)
             if grad_scale != 1.0:
                 grad = grad * grad_scale
             self._master[item.key].grad = grad
         opt.step()
+        for item in items:
+            item.close_grad()
         for master in self._master.values():
             master.grad = None
         for item in items:
@@ -246,7 +252,7 @@ class HostShardOptimizer(ShardOptimizer):
     def step(self, items: Sequence[StepItem], hyper: AdamHyper, *, grad_scale: float) -> None:
         for item in items:
             master, m, v = self._states[item.key]
-            grad = _host_grad(item.grad)
+            grad = _host_grad(item.open_grad())
             with _HostTarget(item) as out:
                 n, chunk = master.numel(), self.sub_group_size
                 for lo in range(0, n, chunk):
@@ -259,6 +265,7 @@ class HostShardOptimizer(ShardOptimizer):
                         step=item.step,
                         grad_scale=grad_scale,
                     )
+            item.close_grad()
 
     def state(self, key: int) -> dict[str, torch.Tensor]:
         master, m, v = self._states[key]

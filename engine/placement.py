@@ -9,9 +9,9 @@ NVMe placements share one :class:`~tiermem.store.TensorStore` when their
 [Note: the store's host budget is sized from the ZeRO buffer counts as
 DeepSpeed uses them: ``offload_param.buffer_count`` largest parameter
 shards plus ``offload_optimizer.buffer_count`` optimizer sub-groups
-(``[master | m | v]``, 12 bytes per element), plus twice the prefetch
-window. The store evicts (writing dirty copies home first) whatever does
-not fit.]
+(``[master | m | v]``, 12 bytes per element) and two fp32 gradient
+accumulators, plus twice the prefetch window. The store evicts (writing
+dirty copies home first) whatever does not fit.]
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tiermem.engine.grad_accum import (
+    GradAccumulators,
+    MemoryGradAccumulators,
+    StoreGradAccumulators,
+)
 from tiermem.engine.optimizer_step import DeviceShardOptimizer, HostShardOptimizer, ShardOptimizer
 from tiermem.engine.param_home import DeviceParamHome, HostParamHome, ParamHome
 from tiermem.engine.settings import EngineSettings
@@ -33,6 +38,7 @@ class Placements:
 
     home: ParamHome | None
     shard_optimizer: ShardOptimizer
+    grad_accumulators: GradAccumulators
     stores: list = field(default_factory=list)
 
     def begin_pass(self) -> None:
@@ -48,6 +54,7 @@ class Placements:
     def close(self) -> None:
         """Free states and shards and close the stores (removing their scratch files)."""
         self.shard_optimizer.close()
+        self.grad_accumulators.close_all()
         if self.home is not None:
             self.home.close()
         for store in self.stores:
@@ -87,8 +94,9 @@ def build_placements(
             host = 2 * prefetch
             if param_where == "nvme":  # the buffers, plus one shard open for its update
                 host += (zero.param_buffer_count + 1) * param_bytes
-            if opt_where == "nvme":  # at least the sub-group updated and the one read ahead
+            if opt_where == "nvme":  # at least the sub-group updated and the one read ahead,
                 host += (max(zero.optimizer_buffer_count, 2) + 1) * chunk_bytes
+                host += 2 * _round_up(largest_shard * 4)  # and two gradient accumulators
             spec = StoreSpec(
                 paths=rank_paths(paths, rank),
                 host_bytes=host,
@@ -121,4 +129,13 @@ def build_placements(
         shard_optimizer = NvmeShardOptimizer(
             store_for(zero.optimizer_nvme_path), sub_group_size=zero.sub_group_size
         )
-    return Placements(home=home, shard_optimizer=shard_optimizer, stores=list(stores.values()))
+    if opt_where == "nvme":
+        grads: GradAccumulators = StoreGradAccumulators(store_for(zero.optimizer_nvme_path))
+    else:
+        grads = MemoryGradAccumulators(device if opt_where == "none" else torch.device("cpu"))
+    return Placements(
+        home=home,
+        shard_optimizer=shard_optimizer,
+        grad_accumulators=grads,
+        stores=list(stores.values()),
+    )

@@ -42,14 +42,21 @@ def test_nvme_offload_matches_torch(tmp_path, param, optimizer, precision):
     cfg = nvme_config(tmp_path, param=param, optimizer=optimizer, precision=precision)
     telemetry = []
 
+    names = set()
+
     def after_step(engine, step):
         telemetry.append(engine.placements.stores[0].telemetry.snapshot())
+        names.update(engine.placements.stores[0].names())
 
     losses = engine_losses(cfg, after_step=after_step)
     if precision == "fp32":
         assert max_rel_diff(losses, reference_losses()) <= 1e-5
     else:
         assert max_rel_diff(losses, reference_losses(Reference(dtype=torch.bfloat16))) <= 1e-3
+    kinds = {name.split(".")[0] for name in names}
+    expected = {"param"} if param == "nvme" else set()
+    expected |= {"adam", "grad"} if optimizer == "nvme" else set()
+    assert kinds == expected  # states, gradients and shards all live in the store
     last = telemetry[-1]
     assert last["write_backs"] > 0  # updated states and shards went back to disk
     assert last["prefetch_hits"] > 0  # the recorded schedule was replayed as prefetches
