@@ -24,7 +24,7 @@ from zero_helpers import (
     reference_losses,
 )
 
-CASES = [(s, o) for s in (1, 2, 3) for o in ("none", "cpu")]
+CASES = [(1, "none"), (2, "cpu"), (3, "none"), (3, "cpu")]
 
 
 def autocast_losses() -> list[float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import faulthandler
+import functools
 import os
 import socket
 import tempfile
@@ -157,8 +158,19 @@ def reference_losses(ref: Reference = Reference(), model: nn.Module | None = Non
 
     For bf16/fp16 ``dtype`` the usual mixed-precision recipe: the model runs in
     ``dtype``, AdamW updates fp32 master copies, gradients are accumulated in fp32.
+    Runs from :func:`make_model` are computed once per process.
     """
-    model = model if model is not None else make_model()
+    if model is None:
+        return list(_cached_reference(ref))
+    return _reference_run(ref, model)
+
+
+@functools.cache
+def _cached_reference(ref: Reference) -> tuple[float, ...]:
+    return tuple(_reference_run(ref, make_model()))
+
+
+def _reference_run(ref: Reference, model: nn.Module) -> list[float]:
     batches = make_batches(ref.steps * ref.gas)
     params = list(model.parameters())
     masters = [p.detach().float().clone() for p in params]
