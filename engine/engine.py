@@ -267,11 +267,15 @@ class TiermemEngine:
         return None
 
     def _begin_pass(self, _module: nn.Module, _args: Any) -> None:
-        # [Note: store passes start with the second optimizer step. The first step
-        #  records the module order and does not prefetch; later steps prefetch, so
-        #  their store accesses come in a different order than the first step's.
-        #  Recording the store's schedule on step 2 makes it match every later step.]
-        if not self._in_pass and self.global_steps >= 1:
+        # [Note: a store pass is one accumulation window plus its optimizer step, and
+        #  passes start only once the stage 3 hooks have recorded the module order.
+        #  The step that records it does not prefetch, so its store accesses come in
+        #  another order than later steps'; recording the store's schedule on the
+        #  next full window makes it match every later one (also after a resume).]
+        if self._in_pass or self.micro_steps % self.gradient_accumulation_steps:
+            return
+        sched = self.param_scheduler
+        if sched is None or (sched.forward_trace.recorded and sched.backward_trace.recorded):
             self._in_pass = True
             self.placements.begin_pass()
 

@@ -124,6 +124,6 @@ class StoreGradAccumulators(GradAccumulators):
         self._fresh = set(self._numel)
 
     def close_all(self) -> None:
-        for gi in list(self._numel):
-            self.store.drop(self._name(gi))
+        # the store is closed right after (scratch files removed); dropping here could
+        # fail for an accumulator still fetched by a step that was interrupted
         self._numel.clear()
