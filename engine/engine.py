@@ -35,7 +35,7 @@ from tiermem.engine.comm import Communicator
 from tiermem.engine.grads import BackwardPass, GradReducer
 from tiermem.engine.hooks import ParamScheduler
 from tiermem.engine.optimizer_step import AdamHyper, StepItem
-from tiermem.engine.partition import FlatParamGroup, plan_groups
+from tiermem.engine.partition import FlatParamGroup, GroupState, plan_groups
 from tiermem.engine.partitioner import Partitioner
 from tiermem.engine.precision import make_scaler
 from tiermem.engine.settings import EngineSettings, OptimizerSettings
@@ -490,6 +490,13 @@ class TiermemEngine:
         collectives were seen to abort the process ("terminate called without an
         active exception") from gloo's worker threads.]
         """
+        # [Note: a group prefetched for a module that never ran (an unused
+        #  branch) still has its all-gather in flight; wait for it here, or gloo
+        #  tears the work down at interpreter exit and aborts the process.]
+        for group in self.groups:
+            if group.state is GroupState.GATHERING:
+                group.acquire()  # finishes the gather
+                group.release()
         self.reducer.remove_hooks()
         if self.param_scheduler is not None:
             self.param_scheduler.remove_hooks()
