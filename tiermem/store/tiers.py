@@ -197,33 +197,25 @@ class DeviceTier(MemoryTier):
 
     def copy_in(self, dst: Block, src: Block) -> Completion:
         """Start host ``src`` -> device ``dst``; the host block must stay alive until done."""
+        return self._side_stream_copy(dst, src, device_data=dst.data)
+
+    def copy_out(self, dst: Block, src: Block) -> Completion:
+        """Start device ``src`` -> host ``dst`` after the caller's queued work."""
+        return self._side_stream_copy(dst, src, device_data=src.data)
+
+    def _side_stream_copy(self, dst: Block, src: Block, *, device_data: torch.Tensor) -> Completion:
         n = src.nbytes
         if not self.is_cuda:
             dst.data[:n].copy_(src.data[:n])
             return DoneCompletion()
         # [Note: the side stream waits for the caller's stream so a copy never
-        #  races work queued on the destination earlier; record_stream tells the
-        #  caching allocator that the side stream uses the block.]
+        #  races work queued on the device block earlier; record_stream tells the
+        #  caching allocator that the side stream uses the device block.]
         stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             dst.data[:n].copy_(src.data[:n], non_blocking=True)
-            dst.data.record_stream(stream)
-            event = torch.cuda.Event()
-            event.record(stream)
-        return CudaEventCompletion(event)
-
-    def copy_out(self, dst: Block, src: Block) -> Completion:
-        """Start device ``src`` -> host ``dst`` after the caller's queued work."""
-        n = src.nbytes
-        if not self.is_cuda:
-            dst.data[:n].copy_(src.data[:n])
-            return DoneCompletion()
-        stream = self._stream
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            dst.data[:n].copy_(src.data[:n], non_blocking=True)
-            src.data.record_stream(stream)
+            device_data.record_stream(stream)
             event = torch.cuda.Event()
             event.record(stream)
         return CudaEventCompletion(event)
