@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine_info, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 NOMINAL_BYTES = 28  # per parameter, both workloads (see the module docstring)
@@ -378,8 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = summarize(rows, sizes, limit)
     result = {
         "machine": {
-            "platform": platform.platform(),
-            "cpus_usable": len(os.sched_getaffinity(0)),
+            **machine_info(),
             "bandwidth_gbps": bw.get("gbps"),
             "bandwidth_limit_gbps": limit,
         },
@@ -388,10 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "ratios": ratios,
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.json, result)
     return 0
 
 
@@ -478,9 +475,7 @@ def interleaved_main(
         "sleep_s": args.sleep,
         "warm_steps": args.warm_steps,
         "machine": {
-            "platform": platform.platform(),
-            "cpus_usable": len(os.sched_getaffinity(0)),
-            "loadavg_at_end": os.getloadavg(),
+            **machine_info(),
             "bandwidth_gbps": bw.get("gbps"),
             "bandwidth_limit_gbps": limit,
         },
@@ -488,10 +483,7 @@ def interleaved_main(
         "rows": rows,
         "ratios": ratios,
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.json, result)
     return 0
 
 

@@ -40,7 +40,6 @@ Missing peers are reported as skipped, with the reason. The numbers go to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -67,6 +66,7 @@ from _peers_aio import (  # noqa: E402
     drop_file_cache,
     huge_page_array,
 )
+from _results import machine_info, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_TOOLS = (
@@ -362,6 +362,7 @@ def report(args, results, skipped, tools) -> dict:
         "tiermem": getattr(tools.get("tiermem"), "reason", ""),
         "skipped": skipped,
         "machine": {
+            **machine_info(),
             "kernel": platform.release(),
             "cpus": os.cpu_count(),
             "versions": tool_versions(),
@@ -396,10 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         ap.error(f"--rounds: expected >= 1, got {args.rounds}")
     result = run(args)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print()
+    write_results(args.json, result)
     return 0
 
 

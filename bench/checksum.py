@@ -15,9 +15,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +25,9 @@ import numpy as np
 
 from tiermem._native import native
 from tiermem.checksum import crc32c_raw, impl_name
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine_info, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = {"1MiB": 1 << 20, "256MiB": 256 << 20}
@@ -89,21 +92,15 @@ def main() -> int:
             f"{r['impl']:>8} {r['size']:>8} {r['gbps']:8.2f} {r['gbps_min']:8.2f} "
             f"{r['gbps_max']:8.2f} {100 * r['share_of_io_time']:8.1f}%"
         )
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "crc32c",
         "default_impl": impl_name(),
         "disk_gbps": args.disk_gbps,
         "repeats": args.repeats,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-        },
+        "machine": {**machine_info(), "cpu": platform.processor() or platform.machine()},
         "rows": rows,
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.json, result)
     return 0
 
 

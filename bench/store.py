@@ -30,8 +30,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
 import statistics
 import sys
@@ -43,6 +41,9 @@ import torch
 from tiermem import diskbench
 from tiermem.aio import AioConfig
 from tiermem.store import StoreConfig, TensorStore, TierKind
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine_info, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MiB, GiB = 1 << 20, 1 << 30
@@ -229,16 +230,13 @@ def main() -> int:
     )
     result = {
         "schema": "tiermem.bench.store/1",
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine_info(),
         "args": {k: v for k, v in vars(args).items() if k != "json"},
         "disk": disk,
         "runs": runs,
         "summary": summary,
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.json, result)
     return 0
 
 

@@ -41,7 +41,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -51,6 +50,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine_info, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CASE_SCRIPT = Path(__file__).resolve().parent / "_train_case.py"
@@ -455,19 +457,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "schema": "tiermem.bench.train/1",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "ram_bytes": _mem_total(),
-        },
+        "machine": {**machine_info(), "cpus": os.cpu_count()},
         "args": {k: v for k, v in vars(args).items() if k != "json"},
         **body,
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_results(args.json, result, indent=1)
     return 0
 
 
