@@ -21,31 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tiermem.train.models import Block, GPTConfig
+
 VOCAB, HIDDEN, LAYERS, HEADS, SEQ = 64, 32, 2, 2, 16
 BATCH = 8  # sequences per micro-batch over all ranks
 STEPS = 20
 LR = 1e-2  # large enough that the trajectory moves visibly in 20 steps
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ln1 = nn.LayerNorm(HIDDEN)
-        self.qkv = nn.Linear(HIDDEN, 3 * HIDDEN)
-        self.proj = nn.Linear(HIDDEN, HIDDEN)
-        self.ln2 = nn.LayerNorm(HIDDEN)
-        self.fc = nn.Linear(HIDDEN, 4 * HIDDEN)
-        self.out = nn.Linear(4 * HIDDEN, HIDDEN)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, h = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(h, dim=-1)
-        q, k, v = (z.view(b, t, HEADS, h // HEADS).transpose(1, 2) for z in (q, k, v))
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(att.transpose(1, 2).reshape(b, t, h))
-        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+# [Note: the block is the one `tiermem train` uses (same modules in the same
+#  order, so the same seed gives the same weights); only the tiny shape and the
+#  checkpoint_fn hook below are the tests' own.]
+BLOCK_SHAPE = GPTConfig(
+    vocab_size=VOCAB, hidden_size=HIDDEN, num_layers=LAYERS, num_heads=HEADS, seq_len=SEQ
+)
 
 
 def _gpt2_init(module: nn.Module) -> None:
@@ -66,7 +55,7 @@ class TinyGPT(nn.Module):
         self.checkpoint_fn: Callable | None = None
         self.wte = nn.Embedding(VOCAB, HIDDEN)
         self.wpe = nn.Embedding(SEQ, HIDDEN)
-        self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
+        self.blocks = nn.ModuleList(Block(BLOCK_SHAPE) for _ in range(LAYERS))
         self.ln_f = nn.LayerNorm(HIDDEN)
         self.lm_head = nn.Linear(HIDDEN, VOCAB, bias=False)
         self.lm_head.weight = self.wte.weight
