@@ -60,20 +60,12 @@ class ParamHome(ABC):
         raise NotImplementedError
 
 
-class DeviceParamHome(ParamHome):
-    """Shards stay on the compute device (``offload_param.device: none``)."""
+class _InMemoryParamHome(ParamHome):
+    """Shards kept as tensors in a dict (device or host memory); subclasses say how they
+    are put and loaded."""
 
-    placement = "none"
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self) -> None:
         self._shards: dict[int, torch.Tensor] = {}
-
-    def put(self, key: int, shard: torch.Tensor) -> None:
-        self._shards[key] = shard.detach().to(self.device).contiguous().clone()
-
-    def load(self, key: int) -> torch.Tensor:
-        return self._shards[key]
 
     def open_for_update(self, key: int) -> torch.Tensor:
         return self._shards[key]
@@ -88,7 +80,23 @@ class DeviceParamHome(ParamHome):
         self._shards.clear()
 
 
-class HostParamHome(ParamHome):
+class DeviceParamHome(_InMemoryParamHome):
+    """Shards stay on the compute device (``offload_param.device: none``)."""
+
+    placement = "none"
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+
+    def put(self, key: int, shard: torch.Tensor) -> None:
+        self._shards[key] = shard.detach().to(self.device).contiguous().clone()
+
+    def load(self, key: int) -> torch.Tensor:
+        return self._shards[key]
+
+
+class HostParamHome(_InMemoryParamHome):
     """Shards live in host memory (``offload_param.device: cpu``), pinned on CUDA machines.
 
     ``load`` copies to the device (no copy when the compute device is the CPU).
@@ -97,9 +105,9 @@ class HostParamHome(ParamHome):
     placement = "cpu"
 
     def __init__(self, device: torch.device, *, pin_memory: bool = True) -> None:
+        super().__init__()
         self.device = device
         self.pin = bool(pin_memory) and device.type == "cuda"
-        self._shards: dict[int, torch.Tensor] = {}
 
     def put(self, key: int, shard: torch.Tensor) -> None:
         host = torch.empty(shard.numel(), dtype=shard.dtype, pin_memory=self.pin)
@@ -111,15 +119,3 @@ class HostParamHome(ParamHome):
         if self.device.type == "cpu":
             return host
         return host.to(self.device, non_blocking=self.pin)
-
-    def open_for_update(self, key: int) -> torch.Tensor:
-        return self._shards[key]
-
-    def numel(self, key: int) -> int:
-        return self._shards[key].numel()
-
-    def drop(self, key: int) -> None:
-        self._shards.pop(key, None)
-
-    def close(self) -> None:
-        self._shards.clear()
