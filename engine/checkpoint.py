@@ -317,6 +317,7 @@ def _engine_state(engine: Any, client_state: Any) -> dict[str, Any]:
             "dtype": dtype_name(engine.dtype),
         },
         "config": _config_dict(engine),
+        "model_config": model_config(engine.module),
         "client_state": client_state,
     }
     check_json(state["lr_scheduler"], where="lr_scheduler.state_dict()")
@@ -331,6 +332,26 @@ def _config_dict(engine: Any) -> Any:
     raw = getattr(engine.settings, "raw", None)
     to_dict = getattr(raw, "to_dict", None)
     return to_dict() if callable(to_dict) else None
+
+
+def model_config(module: torch.nn.Module) -> dict[str, Any] | None:
+    """``module.config.to_dict()`` as JSON when the module has such a config (a
+    transformers model), else None; ``architectures`` filled in as ``save_pretrained`` does.
+
+    [Note: duck-typed so tiermem never imports transformers; values JSON cannot
+    carry (a torch dtype in old configs) are stored as their ``str``. ``tiermem
+    export --hf`` writes it as ``config.json``.]
+    """
+    to_dict = getattr(getattr(module, "config", None), "to_dict", None)
+    if not callable(to_dict):
+        return None
+    raw = to_dict()
+    if not isinstance(raw, dict):
+        return None
+    cfg = json.loads(json.dumps(raw, default=str))
+    if not cfg.get("architectures"):
+        cfg["architectures"] = [type(module).__name__]
+    return cfg
 
 
 def _params_index(engine: Any, contributions: list[dict[str, Any]]) -> dict[str, Any]:
