@@ -517,6 +517,67 @@ def _run_train(args) -> int:
     return EXIT_OK
 
 
+# ---- tiermem export ----
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint's weights to safetensors or a Hugging Face folder",
+        description="Write the model weights of a tiermem checkpoint to one safetensors file, "
+        "or with --hf to a Hugging Face save_pretrained-style folder (config.json + "
+        "model.safetensors, or shards + index), one tensor at a time. Exit codes: 0 ok, "
+        "1 failure (missing or corrupt checkpoint), 2 bad arguments or OUT exists.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a checkpoint directory or a save directory")
+    p.add_argument("out", type=Path, help="the .safetensors file (or, with --hf, the folder)")
+    p.add_argument("--tag", default=None, help="the checkpoint's tag (default: latest)")
+    p.add_argument("--hf", action="store_true", help="write a Hugging Face model folder")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default=None,
+        help="convert the weights (default: as saved; fp32 uses the fp32 masters)",
+    )
+    p.add_argument(
+        "--max-shard-size",
+        type=parse_size,
+        default=None,
+        help="with --hf: largest file, e.g. 5G (binary units; default: one file)",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from tiermem.engine.checkpoint_format import CheckpointError
+    from tiermem.engine.weights_export import export_weights
+
+    if args.max_shard_size is not None and not args.hf:
+        raise UsageError("tiermem export: --max-shard-size needs --hf (a single file is not split)")
+    if (args.out.exists() or args.out.is_symlink()) and not args.force:
+        raise UsageError(f"tiermem export: {args.out} exists; pass --force to replace it")
+    try:
+        result = export_weights(
+            args.checkpoint,
+            args.out,
+            tag=args.tag,
+            hf=args.hf,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            force=args.force,
+        )
+    except ValueError as exc:
+        raise UsageError(f"tiermem export: {exc}") from exc
+    except (CheckpointError, OSError) as exc:
+        raise CliError(f"tiermem export: {exc}") from exc
+    print(
+        f"{result.path}: {result.tensors} tensors, {_human_bytes(result.nbytes)} "
+        f"({result.dtype}) in {', '.join(result.files)}"
+    )
+    return EXIT_OK
+
+
 # ---- entry point ----
 
 
@@ -532,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_doctor(sub)
     _add_train(sub)
+    _add_export(sub)
     return parser
 
 
