@@ -23,9 +23,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'tiermem.engine' has no attribute {name!r}")
 
 
-def _check_model_parameters(model: nn.Module, model_parameters: Any) -> None:
+def _check_model_parameters(model: nn.Module, model_parameters: Any) -> Any:
+    """Check ``model_parameters`` covers every trainable parameter; return it as a list.
+
+    [Note: returned as a list because the usual argument is a one-shot iterator
+    (``filter(lambda p: p.requires_grad, model.parameters())``) that the check
+    would otherwise use up before an optimizer callable sees it.]
+    """
     if model_parameters is None:
-        return
+        return None
+    model_parameters = [
+        {**item, "params": list(item.get("params", ()))} if isinstance(item, dict) else item
+        for item in model_parameters
+    ]
     given: set[int] = set()
     for item in model_parameters:
         if isinstance(item, dict):
@@ -39,6 +49,7 @@ def _check_model_parameters(model: nn.Module, model_parameters: Any) -> None:
             f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}); "
             "set requires_grad=False on parameters that should not be trained"
         )
+    return model_parameters
 
 
 def initialize(
@@ -75,7 +86,7 @@ def initialize(
     init_distributed_from_env()
     comm = Communicator()
     settings = engine_settings(config, world_size=comm.world_size, model=model)
-    _check_model_parameters(model, model_parameters)
+    model_parameters = _check_model_parameters(model, model_parameters)
     client = optimizer
     if client is not None and not isinstance(client, torch.optim.Optimizer):
         if not callable(client):

@@ -217,6 +217,7 @@ class TiermemEngine:
         for layout, (_, members) in zip(layouts, plan.members, strict=True):
             self.groups.append(partitioner.partition(layout, [p for _, p in members]))
         self._module_uses = plan.module_uses
+        self._known_params = {id(p) for g in self.groups for p in g.params}
         self._in_pass = False
         if self.placements.stores:
             self._pass_hook = self.module.register_forward_pre_hook(self._begin_pass)
@@ -290,7 +291,21 @@ class TiermemEngine:
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped module."""
+        self._check_no_new_parameters()
         return self.module(*args, **kwargs)
+
+    def _check_no_new_parameters(self) -> None:
+        # [Note: a parameter added (or replaced) after initialize() belongs to no
+        #  group: it would be neither gathered, reduced nor stepped. Refused loudly
+        #  at the next forward or optimizer step rather than silently left untrained.
+        #  The engine keeps every parameter it knows alive, so ids are not reused.]
+        for name, param in self.module.named_parameters():
+            if id(param) not in self._known_params:
+                raise RuntimeError(
+                    f"parameter {name!r} was added to the model after tiermem.initialize(); "
+                    "the engine would neither shard nor train it: add every parameter "
+                    "before initialize()"
+                )
 
     def checkpoint(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``function`` with activation checkpointing as the config says (see
@@ -365,6 +380,7 @@ class TiermemEngine:
         """One sharded optimizer step; False when an fp16 overflow skipped it."""
         if self.optimizer is None:
             raise RuntimeError('no optimizer: pass one to initialize() or configure "optimizer"')
+        self._check_no_new_parameters()
         if self.param_scheduler is not None:
             self.param_scheduler.free_unused()
         self.reducer.wait_all()

@@ -4,9 +4,10 @@ One module : one group (as FSDP2 wraps a module): the parameters a module
 registers itself (``recurse=False``) are laid out back to back in one flat
 buffer, padded so that it divides by the number of shards, and rank ``r``
 owns the contiguous shard ``[r * S, (r + 1) * S)``. A parameter belongs to
-exactly one group, the first module that registers it; a module that also
-uses another module's parameter (a tied ``lm_head.weight`` is
-``embedding.weight``) lists that group among the groups it needs, so the
+exactly one group, the first module that registers it (a module whose own
+parameters are partly frozen gets two groups, one trainable and one frozen);
+a module that also uses another module's parameter (a tied ``lm_head.weight``
+is ``embedding.weight``) lists that group among the groups it needs, so the
 stage 3 hooks gather it too.
 
 Per-parameter state lives here (:class:`ParamSlot`, keyed by the parameter's
@@ -124,7 +125,8 @@ class GroupPlan:
 def plan_groups(
     module: nn.Module, *, owner: dict[int, int] | None = None, first_index: int = 0
 ) -> GroupPlan:
-    """Group ``module``'s parameters: one group per submodule that registers new parameters.
+    """Group ``module``'s parameters: one group per submodule that registers new parameters
+    (two when some of them are frozen and some not).
 
     ``owner`` maps ``id(param)`` to the index of a group that already exists
     (built by :func:`tiermem.init_context`); such parameters get no new group,
@@ -144,12 +146,18 @@ def plan_groups(
                     uses.append(owner[id(param)])
                 continue
             own.append((qualified, param))
-        if own:
+        # [Note: a module whose own parameters are partly frozen (a frozen bias, say)
+        #  gets two groups, trainable first: a group is stepped by the optimizer as
+        #  a whole, so it must be all trainable or all frozen.]
+        trainable = [(n, p) for n, p in own if p.requires_grad]
+        frozen = [(n, p) for n, p in own if not p.requires_grad]
+        split = [trainable, frozen] if trainable and frozen else [own] if own else []
+        for position, members in enumerate(split):
             index = first_index + len(plan.members)
-            plan.members.append((mod_name, own))
-            for _, param in own:
+            plan.members.append((mod_name, members))
+            for _, param in members:
                 owner[id(param)] = index
-            uses.insert(0, index)
+            uses.insert(position, index)  # its own groups first, then the ones it borrows
         if uses:
             plan.module_uses[mod] = tuple(uses)
             plan.module_names[mod] = mod_name
@@ -218,7 +226,7 @@ class FlatParamGroup:
             names = [s.name for s in layout.slots]
             raise ValueError(
                 f"module {layout.module_name!r} mixes trainable and frozen parameters {names}; "
-                "a module's own parameters must all require grad or none"
+                "a group's parameters must all require grad or none"
             )
         self.state = GroupState.GATHERED if not self.partitioned else GroupState.SHARDED
         self.refs = 0

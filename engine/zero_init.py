@@ -187,6 +187,23 @@ class InitContext:
                     "was built with in init_context(); pass the same config to both"
                 )
 
+    def _give_back(self, group: FlatParamGroup) -> None:
+        """Put a group's values back into its parameters as plain tensors and drop the group.
+
+        [Note: for groups whose parameters were frozen or unfrozen after they were
+        built (``requires_grad`` set on the finished model, the usual way to
+        freeze): the group's optimizer state no longer fits, and a module with
+        both kinds needs two groups. The engine partitions these parameters
+        afresh, from their compute-dtype values.]
+        """
+        group.acquire()
+        values = [p.detach().clone() for p in group.params]
+        group.release()
+        self.partitioner.drop(group)
+        with torch.no_grad():
+            for param, value in zip(group.params, values, strict=True):
+                param.data = value
+
     def handover(self, model: nn.Module) -> tuple[Partitioner, list[FlatParamGroup]]:
         """Give the groups that ``model`` uses to its engine, named after ``model``'s modules;
         groups of parameters the model no longer has are dropped."""
@@ -206,6 +223,9 @@ class InitContext:
             if not any(i in names for i in ids):
                 self.partitioner.drop(group)
                 continue
+            if {p.requires_grad for p in group.params} != {group.trainable}:
+                self._give_back(group)
+                continue
             slots = tuple(
                 ParamSlot(names.get(i, f"<unused>.{group.key}.{n}"), s.shape, s.numel, s.offset)
                 for n, (i, s) in enumerate(zip(ids, group.layout.slots, strict=True))
@@ -220,7 +240,6 @@ class InitContext:
                 shard_rank=group.layout.shard_rank,
                 key=group.key,
             )
-            group.trainable = all(p.requires_grad for p in group.params)
             kept.append(group)
         for param_id in list(self._owner):
             _REGISTRY.pop(param_id, None)
