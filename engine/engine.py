@@ -497,6 +497,14 @@ class TiermemEngine:
 
         return load_checkpoint(self, load_dir, tag=tag, verify=verify)
 
+    def load_weights(self, path: str | os.PathLike, *, strict: bool = True) -> Any:
+        """Start from the weights in a safetensors/PyTorch file or Hugging Face folder (a
+        collective, before training); returns the missing/unexpected names. See
+        :func:`tiermem.engine.weights_import.load_weights`."""
+        from tiermem.engine.weights_import import load_weights
+
+        return load_weights(self, path, strict=strict)
+
     def close(self) -> None:
         """Remove the hooks, free the optimizer states and parameter shards, close the stores.
 
