@@ -26,7 +26,7 @@ def test_created_directories_and_files_are_private(tmp_path):
             for d in (tmp_path / "deep", tmp_path / "deep" / "er", swap):
                 assert mode(d) == 0o700, d
             files = sorted(os.listdir(swap))
-            assert files == ["tiermem-table.json", "tiermem.swap"]
+            assert files == ["tiermem-table.json", "tiermem.lock", "tiermem.swap"]
             for f in files:
                 assert mode(swap / f) == 0o600, f
     finally:

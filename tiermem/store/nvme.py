@@ -38,6 +38,7 @@ HEADER_BYTES = 4096
 TABLE_NAME = "tiermem-table.json"
 TABLE_FORMAT = "tiermem.store/1"
 PERSISTENT_SWAP_NAME = "tiermem.swap"
+LOCK_NAME = "tiermem.lock"
 SCRATCH_NAME = re.compile(r"^tiermem-(\d+)-(\d+)\.swap$")
 # [Note: without a byte budget the files grow by at least this much at a time
 #  (less when the filesystem has less free), so growth is rare but a small
@@ -216,6 +217,39 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+def lock_directory(directory: Path) -> int:
+    """Take the exclusive lock of a persistent store's swap directory.
+
+    Returns the descriptor of ``directory/tiermem.lock``, locked with
+    ``flock`` and holding this process's pid; closing it (or the process
+    ending, kill -9 included) releases the lock. A directory another process
+    holds is a StoreError naming the directory and that process's pid.
+
+    [Note: only persistent stores lock their directory: they share one table
+    and one swap file per directory, which two writers would corrupt. Scratch
+    stores each make their own pid-named files, so several may share a
+    directory safely (see remove_stale_files). The lock file is left in place
+    at close: unlinking a lock file races with a process that has opened but
+    not yet locked it.]
+    """
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if not _try_lock(fd):
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise StoreError(
+                f"swap directory {directory} is in use by another process (pid {holder} holds "
+                f"{path}); give each process its own nvme path"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def remove_stale_files(directory: Path) -> list[Path]:
     """Remove scratch swap files of dead processes in ``directory``.
 
@@ -355,6 +389,7 @@ class NvmeTier:
         self.removed_stale: list[Path] = []
         self._pending_free: list[Extent] = []
         self.table: dict | None = None
+        self._dir_locks: list[int] = []
         S = len(self.dirs)
         self.limit = None if budget is None else (budget // (S * self.unit)) * S * self.unit
         if budget is not None and budget < 0:
@@ -363,6 +398,9 @@ class NvmeTier:
             for d in self.dirs:
                 make_private_dir(d)
             if persistent:
+                # locked before the table is read: it may be changing under its owner
+                for d in self.dirs:
+                    self._dir_locks.append(lock_directory(d))
                 self.table = read_table(self.dirs[0])
             else:
                 for d in self.dirs:
@@ -612,11 +650,16 @@ class NvmeTier:
         self._pending_free.clear()
 
     def close(self, *, remove: bool) -> None:
-        """Close every stripe; remove the files (scratch mode)."""
-        for s in self.stripes:
-            try:
-                s.close()
-            finally:
-                if remove:
-                    s.path.unlink(missing_ok=True)
-        self.stripes = []
+        """Close every stripe; remove the files (scratch mode); unlock the directories."""
+        try:
+            for s in self.stripes:
+                try:
+                    s.close()
+                finally:
+                    if remove:
+                        s.path.unlink(missing_ok=True)
+            self.stripes = []
+        finally:
+            for fd in self._dir_locks:
+                os.close(fd)
+            self._dir_locks = []
