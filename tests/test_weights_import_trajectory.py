@@ -1,0 +1,118 @@
+"""engine.load_weights from each format (safetensors file, PyTorch state-dict file, Hugging
+Face folder: model.safetensors, sharded index, pytorch_model.bin) trains exactly like the
+model given the same weights with load_state_dict before initialize."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from zero_helpers import config, engine_losses, make_batches, make_model
+
+import tiermem
+
+STEPS = 3
+
+
+def _weights() -> dict[str, torch.Tensor]:
+    return make_model(seed=5).state_dict()  # both tied names, as torch saves them
+
+
+def _write(fmt: str, root) -> str:
+    sd = _weights()
+    once = {k: v.clone() for k, v in sd.items() if k != "lm_head.weight"}  # HF style
+    if fmt == "safetensors":
+        save_file(once, root / "w.safetensors")
+        return str(root / "w.safetensors")
+    if fmt == "torch":
+        torch.save(sd, root / "w.pt")
+        return str(root / "w.pt")
+    folder = root / "hf"
+    folder.mkdir()
+    if fmt == "hf-safetensors":
+        save_file(once, folder / "model.safetensors", metadata={"format": "pt"})
+    elif fmt == "hf-bin":
+        torch.save(sd, folder / "pytorch_model.bin")
+    else:  # hf-sharded
+        names = sorted(once)
+        half = {"a": names[: len(names) // 2], "b": names[len(names) // 2 :]}
+        weight_map = {}
+        for part, keys in half.items():
+            file = f"model-0000{1 if part == 'a' else 2}-of-00002.safetensors"
+            save_file({k: once[k] for k in keys}, folder / file)
+            weight_map.update(dict.fromkeys(keys, file))
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map})
+        )
+    return str(folder)
+
+
+def _train(engine) -> list[float]:
+    losses = []
+    for idx, tgt in make_batches(STEPS):
+        loss = engine(idx, tgt)
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+    engine.close()
+    return losses
+
+
+def _reference(cfg: dict) -> list[float]:
+    return list(_cached_reference(json.dumps(cfg, sort_keys=True)))
+
+
+@functools.cache
+def _cached_reference(cfg_json: str) -> tuple[float, ...]:
+    model = make_model(seed=1)
+    model.load_state_dict(_weights())
+    return tuple(engine_losses(json.loads(cfg_json), steps=STEPS, model=model))
+
+
+def _cfg(tmp_path, offload: str, precision: str = "fp32") -> dict:
+    cfg = config(stage=3, offload=offload, offload_param=offload, precision=precision)
+    if offload == "nvme":
+        for key in ("offload_param", "offload_optimizer"):
+            cfg["zero_optimization"][key]["nvme_path"] = str(tmp_path / "swap")
+    return cfg
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torch", "hf-safetensors", "hf-sharded", "hf-bin"])
+def test_each_format_trains_like_load_state_dict(tmp_path, fmt):
+    cfg = _cfg(tmp_path, "cpu")
+    path = _write(fmt, tmp_path)
+    engine, *_ = tiermem.initialize(model=make_model(seed=1), config=cfg)
+    report = engine.load_weights(path)
+    assert report.missing_keys == () and report.unexpected_keys == ()
+    weights = _weights()
+    for name, value in engine.full_state_dict().items():  # the file's, not seed 1's
+        assert torch.equal(value, weights[name]), name
+    assert _train(engine) == _reference(cfg)
+
+
+@pytest.mark.parametrize(
+    ("offload", "precision"), [("none", "fp32"), ("nvme", "fp32"), ("cpu", "bf16")]
+)
+def test_placements_and_precision(tmp_path, offload, precision):
+    cfg = _cfg(tmp_path, offload, precision)
+    path = _write("safetensors", tmp_path)
+    engine, *_ = tiermem.initialize(model=make_model(seed=1), config=cfg)
+    engine.load_weights(path)
+    assert _train(engine) == _reference(cfg)
+
+
+def test_model_built_in_init_context(tmp_path):
+    cfg = _cfg(tmp_path, "cpu")
+    path = _write("safetensors", tmp_path)
+    torch.manual_seed(1)
+    with tiermem.init_context(config=cfg):
+        from zero_helpers import TinyGPT
+
+        model = TinyGPT()
+    assert all(p.numel() == 0 for p in model.parameters())  # never whole
+    engine, *_ = tiermem.initialize(model=model, config=cfg)
+    engine.load_weights(path)
+    assert _train(engine) == _reference(cfg)
