@@ -12,6 +12,14 @@ import pytest
 BACKENDS = ("io_uring", "libaio", "threads")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _tiermem_cache_dir(tmp_path_factory):
+    """`tiermem bench` saves its last result for `tiermem plan`: keep tests' results (and the
+    ones plan reads) out of the user's ~/.cache (subprocesses inherit the variable)."""
+    os.environ["TIERMEM_CACHE_DIR"] = str(tmp_path_factory.mktemp("tiermem-cache"))
+    yield
+
+
 def _mount(fstype: str, target: Path, options: str | None) -> str | None:
     """Mount a small filesystem; return None or the reason it could not be done."""
     target.mkdir(parents=True, exist_ok=True)

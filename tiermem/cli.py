@@ -158,6 +158,12 @@ def _run_bench(args) -> int:
         except OSError as exc:
             raise CliError(f"tiermem bench: I/O error in {cfg.directory}: {exc}") from exc
 
+    from tiermem.planning.machine import save_bench_result
+
+    try:  # `tiermem plan` takes its NVMe rates from the last result of the same file system
+        save_bench_result(result)
+    except OSError as exc:
+        print(f"tiermem bench: warning: result not saved for tiermem plan: {exc}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -594,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_doctor(sub)
     _add_train(sub)
     _add_export(sub)
+    from tiermem.plan_cli import add_plan
+
+    add_plan(sub)
     return parser
 
 

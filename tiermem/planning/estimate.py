@@ -1,0 +1,528 @@
+"""Bytes on each tier, fit and step time of each ZeRO stage 3 placement; the recommended config.
+
+Four placements (:class:`Placement`): nothing offloaded; optimizer states on
+the CPU; optimizer states on NVMe; parameters and optimizer states on NVMe.
+For each, :func:`estimate` counts per rank, in bytes, what the engine
+allocates (``engine/placement.py``, ``param_home.py``, ``optimizer_step.py``,
+``grad_accum.py``):
+
+* model state: compute-dtype parameter shards (``dtype_bytes``/param), the
+  fp32 master weights and Adam moments (12), the fp32 gradient accumulators
+  (4), on the tier their placement puts them;
+* the offload buffers: the store's host budget, sized like the engine sizes
+  it: ``offload_param.buffer_count + 1`` largest parameter shards,
+  ``max(offload_optimizer.buffer_count, 2) + 1`` optimizer sub-groups, two
+  gradient accumulators and twice the prefetch window (pinned on CUDA);
+* the gathered parameters of stage 3 (persistent small groups, the largest
+  group plus the prefetch window) and one gradient in flight;
+* activations per micro-batch, with and without activation checkpointing;
+* allocator overhead: a share of the device bytes (the caching allocator's
+  rounding and fragmentation; glibc's arenas on the CPU) and a fixed runtime
+  (CUDA context, or Python and torch on a CPU-only machine).
+
+[Note: the engine sizes its offload buffers from the largest parameter shard,
+not from ``buffer_size`` (DeepSpeed allocates ``buffer_count x buffer_size``
+whatever the model), so the pinned bytes here are ``buffer_count x`` the
+largest shard, and the recommended ``buffer_size`` is that shard, which a
+DeepSpeed run of the same config also accepts.]
+
+Step time: each component's bytes or FLOPs over the measured (or stated)
+rate, for one optimizer step of ``gradient_accumulation_steps`` micro-batches:
+compute ``6 x params x tokens`` (8 with checkpointing: the forward runs twice),
+host<->device copies (CUDA only), NVMe reads and writes, and the optimizer
+pass (``16 + 12 + dtype_bytes`` bytes per parameter read and written, over
+memory bandwidth). ``serial_seconds`` adds them; ``seconds`` assumes what the
+engine overlaps is hidden (parameter I/O under compute, optimizer I/O under
+the Adam pass), so it is the one to expect from a good run.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from tiermem.planning.machine import MachineFacts
+from tiermem.planning.shapes import ModelShape
+
+__all__ = [
+    "PLACEMENTS",
+    "Plan",
+    "Placement",
+    "PlacementEstimate",
+    "PlanSettings",
+    "TierBytes",
+    "activation_bytes",
+    "estimate",
+    "plan",
+    "recommended_config",
+]
+
+GiB = 1 << 30
+BLOCK = 4096
+
+
+class Placement(enum.Enum):
+    """Where parameters and optimizer states live (``offload_param``/``offload_optimizer``)."""
+
+    NONE = "no offload"
+    OPTIMIZER_CPU = "optimizer on CPU"
+    OPTIMIZER_NVME = "optimizer on NVMe"
+    PARAMS_OPTIMIZER_NVME = "params and optimizer on NVMe"
+
+    @property
+    def param_device(self) -> str:
+        """``offload_param.device``."""
+        return "nvme" if self is Placement.PARAMS_OPTIMIZER_NVME else "none"
+
+    @property
+    def optimizer_device(self) -> str:
+        """``offload_optimizer.device``."""
+        return {
+            Placement.NONE: "none",
+            Placement.OPTIMIZER_CPU: "cpu",
+            Placement.OPTIMIZER_NVME: "nvme",
+            Placement.PARAMS_OPTIMIZER_NVME: "nvme",
+        }[self]
+
+    @property
+    def uses_nvme(self) -> bool:
+        """Whether anything lives on NVMe."""
+        return self.optimizer_device == "nvme"
+
+
+PLACEMENTS = tuple(Placement)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanSettings:
+    """The run and engine knobs the estimate depends on (per rank; defaults are the engine's).
+
+    Sizes in elements, as in the config. ``dtype_bytes`` 2 is bf16/fp16, 4 fp32.
+    ``memory_fraction`` is the share of each tier's capacity the plan may fill.
+    ``placements`` restricts the candidates (the engine's ``"auto"`` passes the
+    ones the config's stage and paths allow).
+    """
+
+    world_size: int = 1
+    micro_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    seq_len: int | None = None
+    dtype_bytes: int = 2
+    pin_memory: bool = True
+    param_buffer_count: int = 5
+    optimizer_buffer_count: int = 4
+    sub_group_size: int = 1_000_000_000
+    prefetch_bucket_size: int = 50_000_000
+    param_persistence_threshold: int = 100_000
+    memory_fraction: float = 0.9
+    allocator_fraction: float = 0.1
+    runtime_bytes: int | None = None
+    placements: tuple[Placement, ...] = PLACEMENTS
+
+    def __post_init__(self) -> None:
+        for key in (
+            "world_size",
+            "micro_batch_size",
+            "gradient_accumulation_steps",
+            "param_buffer_count",
+            "optimizer_buffer_count",
+            "sub_group_size",
+        ):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PlanSettings.{key}: expected a positive integer, got {value!r}")
+        if self.dtype_bytes not in (2, 4):
+            raise ValueError(f"PlanSettings.dtype_bytes: expected 2 or 4, got {self.dtype_bytes!r}")
+        if not 0 < self.memory_fraction <= 1:
+            raise ValueError(
+                f"PlanSettings.memory_fraction: expected (0, 1], got {self.memory_fraction!r}"
+            )
+        if not self.placements:
+            raise ValueError("PlanSettings.placements: expected at least one placement")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TierBytes:
+    """Bytes on one tier, by item (what each number is for)."""
+
+    items: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """All items."""
+        return sum(self.items.values())
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlacementEstimate:
+    """One placement's bytes per tier, fit and step time.
+
+    ``device`` holds the model state on the compute device and the gathered
+    parameters; ``activations``/``activations_checkpointed`` are per micro-batch
+    on the device; ``overhead`` is the allocator's share and the runtime.
+    ``host`` is pageable and pinned host memory (``pinned`` of it pinned).
+    """
+
+    placement: Placement
+    device: TierBytes
+    host: TierBytes
+    nvme: TierBytes
+    pinned_bytes: int
+    activations: int
+    activations_checkpointed: int
+    overhead: int
+    fits: bool
+    needs_checkpointing: bool
+    reasons: tuple[str, ...]
+    seconds: float
+    serial_seconds: float
+    time_parts: dict[str, float]
+
+    def device_total(self, *, checkpointing: bool) -> int:
+        """Device bytes of a step, activations and overhead included."""
+        act = self.activations_checkpointed if checkpointing else self.activations
+        return self.device.total + act + self.overhead
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "placement": self.placement.name.lower(),
+            "description": self.placement.value,
+            "offload_param": self.placement.param_device,
+            "offload_optimizer": self.placement.optimizer_device,
+            "device_bytes": dict(self.device.items),
+            "host_bytes": dict(self.host.items),
+            "nvme_bytes": dict(self.nvme.items),
+            "totals": {
+                "device": self.device.total,
+                "host": self.host.total,
+                "pinned_host": self.pinned_bytes,
+                "nvme": self.nvme.total,
+            },
+            "activations_per_micro_batch": self.activations,
+            "activations_per_micro_batch_checkpointed": self.activations_checkpointed,
+            "allocator_and_runtime_overhead": self.overhead,
+            "fits": self.fits,
+            "needs_activation_checkpointing": self.needs_checkpointing,
+            "reasons": list(self.reasons),
+            "step_seconds": self.seconds,
+            "step_seconds_serial": self.serial_seconds,
+            "step_time_parts": dict(self.time_parts),
+        }
+
+
+def _up(n: int | float) -> int:
+    return int(-(-int(n) // BLOCK) * BLOCK)
+
+
+def _shards(shape: ModelShape, world: int) -> list[int]:
+    return [-(-g // world) for g in shape.groups]
+
+
+def activation_bytes(shape: ModelShape, s: PlanSettings, *, checkpointing: bool) -> tuple[int, str]:
+    """Saved activations of one micro-batch plus the backward's transient peak, and a note.
+
+    Per block and token, ``8h + 2I`` values (``8h + 4I`` with a gated MLP): the
+    two LayerNorm inputs, QKV input and output, attention output, MLP input,
+    its pre- and post-activation (SDPA keeps no attention matrix). The head
+    keeps the logits, their fp32 copy (bf16/fp16 runs) and the log-softmax
+    (fp32), and its backward holds a gradient as large. With checkpointing,
+    each block keeps its input and one block's activations exist at a time.
+    """
+    if not shape.knows_activations or not shape.vocab_size:
+        return 0, "unknown (hidden size, layers, sequence or vocabulary not given)"
+    b = s.dtype_bytes
+    seq = s.seq_len or shape.seq_len
+    tokens = s.micro_batch_size * seq
+    h = shape.hidden_size
+    per_block = tokens * (8 * h + (4 if shape.gated_mlp else 2) * shape.mlp_width) * b
+    embed = tokens * h * b
+    head = tokens * shape.vocab_size * (b + 4 + (4 if b != 4 else 0))
+    head_grad = tokens * shape.vocab_size * 4
+    if checkpointing:
+        blocks = shape.num_layers * tokens * h * b + per_block
+    else:
+        blocks = shape.num_layers * per_block
+    return embed + blocks + head + head_grad + per_block, "estimated"
+
+
+def _gathered(shape: ModelShape, s: PlanSettings, p: Placement) -> dict[str, int]:
+    """Device bytes of stage 3's gathered parameters and a gradient in flight."""
+    b = s.dtype_bytes
+    home_on_device = p.param_device == "none"
+    # one rank, shard on the device: the gathered buffer is the shard itself
+    if home_on_device and s.world_size == 1:
+        return {"gradient in flight": b * shape.largest_group}
+    persistent = sum(g for g in shape.groups if g < s.param_persistence_threshold)
+    window = min(shape.num_params - persistent, shape.largest_group + s.prefetch_bucket_size)
+    return {
+        "persistent small groups (gathered)": b * persistent,
+        "gathered parameters (largest group + prefetch)": b * max(window, 0),
+        "gradient in flight": b * shape.largest_group,
+    }
+
+
+def _store_budget(shape: ModelShape, s: PlanSettings, p: Placement) -> int:
+    """The engine store's host budget (``engine/placement.py``'s rule)."""
+    largest = max(_shards(shape, s.world_size))
+    param_bytes = _up(largest * s.dtype_bytes)
+    chunk_bytes = _up(min(s.sub_group_size, largest) * 12)
+    params_nvme = p.param_device == "nvme"
+    prefetch = 2 * max(param_bytes if params_nvme else 0, chunk_bytes)
+    host = 2 * prefetch
+    if params_nvme:
+        host += (s.param_buffer_count + 1) * param_bytes
+    if p.optimizer_device == "nvme":
+        host += (max(s.optimizer_buffer_count, 2) + 1) * chunk_bytes
+        host += 2 * _up(largest * 4)
+    return host
+
+
+def _tiers(shape: ModelShape, s: PlanSettings, p: Placement) -> tuple[dict, dict, dict, int]:
+    """(device items, host items, nvme items, pinned bytes)."""
+    b = s.dtype_bytes
+    shards = _shards(shape, s.world_size)
+    n = sum(shards)
+    device: dict[str, int] = {}
+    host: dict[str, int] = {}
+    nvme: dict[str, int] = {}
+    pinned = 0
+    if p.param_device == "none":
+        device["parameter shards"] = b * n
+    else:
+        nvme["parameter shards"] = sum(_up(k * b) for k in shards)
+    device.update(_gathered(shape, s, p))
+    if p.optimizer_device == "none":
+        device["fp32 master + Adam moments"] = 12 * n
+        device["fp32 gradient accumulators"] = 4 * n
+    elif p.optimizer_device == "cpu":
+        host["fp32 master + Adam moments"] = 12 * n
+        host["fp32 gradient accumulators"] = 4 * n
+    else:
+        sub = s.sub_group_size
+        nvme["fp32 master + Adam moments"] = sum(
+            _up(12 * min(sub, k - lo)) for k in shards for lo in range(0, k, sub)
+        )
+        nvme["fp32 gradient accumulators"] = sum(_up(4 * k) for k in shards)
+    if p.uses_nvme:
+        budget = _store_budget(shape, s, p)
+        host["offload buffers (store host budget)"] = budget
+        pinned += budget
+    elif p.optimizer_device == "cpu":
+        pinned += 12 * n  # HostShardOptimizer pins its states on CUDA machines
+    return device, host, nvme, pinned
+
+
+def _runtime_bytes(machine: MachineFacts, s: PlanSettings) -> int:
+    if s.runtime_bytes is not None:
+        return s.runtime_bytes
+    # [Note: a CUDA context with cuBLAS/cuDNN handles takes about 0.5-1 GiB of
+    #  device memory; on a CPU-only machine Python with torch imported is about
+    #  0.3-0.5 GiB of RSS.]
+    return (3 * GiB) // 4 if not machine.device_is_host else GiB // 2
+
+
+def _step_time(
+    shape: ModelShape, s: PlanSettings, p: Placement, machine: MachineFacts, checkpointing: bool
+) -> tuple[float, float, dict[str, float]]:
+    b = s.dtype_bytes
+    n = sum(_shards(shape, s.world_size))
+    gas = s.gradient_accumulation_steps
+    seq = s.seq_len or shape.seq_len or 1
+    tokens = s.micro_batch_size * seq * gas
+    compute = (8 if checkpointing else 6) * shape.num_params * tokens / machine.flops
+    copies = 0.0
+    if not machine.device_is_host:
+        copy_bytes = 0
+        if p.param_device != "none":
+            copy_bytes += 2 * b * n * gas  # shards to the device in forward and backward
+        if p.optimizer_device != "none":
+            copy_bytes += 4 * n * gas + b * n  # gradients out, updated shards back
+        copies = copy_bytes / machine.h2d_bps
+    param_read = param_write = opt_read = opt_write = 0
+    if p.param_device == "nvme":
+        param_read, param_write = 2 * b * n * gas, b * n
+    if p.optimizer_device == "nvme":
+        opt_read = 12 * n + 4 * n * gas  # states, and the accumulators (read back to add)
+        opt_write = 12 * n + 4 * n * gas
+    param_io = param_read / machine.nvme_read_bps + param_write / machine.nvme_write_bps
+    opt_io = opt_read / machine.nvme_read_bps + opt_write / machine.nvme_write_bps
+    rate = machine.device_memory_bps if p.optimizer_device == "none" else machine.memory_bps
+    adam = (16 + 12 + b) * n / rate
+    parts = {
+        "compute": compute,
+        "host_device_copies": copies,
+        "nvme_params": param_io,
+        "nvme_optimizer": opt_io,
+        "optimizer": adam,
+    }
+    serial = sum(parts.values())
+    overlapped = max(compute + copies, param_io) + max(adam, opt_io)
+    return overlapped, serial, parts
+
+
+def estimate(
+    shape: ModelShape, machine: MachineFacts, settings: PlanSettings, placement: Placement
+) -> PlacementEstimate:
+    """Bytes per tier, fit and step time of ``placement`` for ``shape`` on ``machine``."""
+    s = settings
+    device, host, nvme, pinned = _tiers(shape, s, placement)
+    if machine.device_is_host:
+        pinned = 0  # nothing is pinned without CUDA
+    act, _ = activation_bytes(shape, s, checkpointing=False)
+    act_ckpt, _ = activation_bytes(shape, s, checkpointing=True)
+    dev_state = sum(device.values())
+    runtime = _runtime_bytes(machine, s)
+
+    def overhead_for(act_bytes: int) -> int:
+        return int(s.allocator_fraction * (dev_state + act_bytes)) + runtime
+
+    def problems(act_bytes: int) -> list[str]:
+        out = []
+        dev = dev_state + act_bytes + overhead_for(act_bytes)
+        host_total = sum(host.values())
+        frac = s.memory_fraction
+        if machine.device_is_host:
+            need = dev + host_total
+            if need > machine.host_bytes * frac:
+                out.append(
+                    f"host memory (the CPU computes): {need / GiB:.2f} GiB > {frac:.0%} of "
+                    f"{machine.host_bytes / GiB:.2f} GiB available"
+                )
+        else:
+            if dev > machine.device_bytes * frac:
+                out.append(
+                    f"device: {dev / GiB:.2f} GiB > {frac:.0%} of "
+                    f"{machine.device_bytes / GiB:.2f} GiB"
+                )
+            if host_total > machine.host_bytes * frac:
+                out.append(
+                    f"host: {host_total / GiB:.2f} GiB > {frac:.0%} of "
+                    f"{machine.host_bytes / GiB:.2f} GiB available"
+                )
+        if placement.uses_nvme:
+            need = sum(nvme.values())
+            if machine.nvme_path is None:
+                out.append("nvme: no nvme_path given")
+            elif need > machine.nvme_free_bytes * frac:
+                out.append(
+                    f"nvme: {need / GiB:.2f} GiB > {frac:.0%} of "
+                    f"{machine.nvme_free_bytes / GiB:.2f} GiB free in {machine.nvme_path}"
+                )
+        return out
+
+    plain, ckpt = problems(act), problems(act_ckpt)
+    fits = not ckpt
+    needs_ckpt = bool(plain) and fits
+    if not fits:
+        reasons = tuple(ckpt)
+    else:
+        reasons = tuple(f"without activation checkpointing: {r}" for r in plain)
+    seconds, serial, parts = _step_time(shape, s, placement, machine, needs_ckpt)
+    return PlacementEstimate(
+        placement=placement,
+        device=TierBytes(items=device),
+        host=TierBytes(items=host),
+        nvme=TierBytes(items=nvme),
+        pinned_bytes=pinned,
+        activations=act,
+        activations_checkpointed=act_ckpt,
+        overhead=overhead_for(act_ckpt if needs_ckpt else act),
+        fits=fits,
+        needs_checkpointing=needs_ckpt,
+        reasons=reasons,
+        seconds=seconds,
+        serial_seconds=serial,
+        time_parts=parts,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """Every placement's estimate and the recommended one (None when none fits)."""
+
+    shape: ModelShape
+    machine: MachineFacts
+    settings: PlanSettings
+    estimates: tuple[PlacementEstimate, ...]
+    recommended: PlacementEstimate | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (schema ``tiermem.plan/1``)."""
+        return {
+            "schema": "tiermem.plan/1",
+            "model": {
+                "name": self.shape.name,
+                "num_params": self.shape.num_params,
+                "largest_group": self.shape.largest_group,
+                "hidden_size": self.shape.hidden_size,
+                "num_layers": self.shape.num_layers,
+                "seq_len": self.settings.seq_len or self.shape.seq_len,
+                "vocab_size": self.shape.vocab_size,
+            },
+            "machine": self.machine.as_dict(),
+            "settings": {
+                "world_size": self.settings.world_size,
+                "micro_batch_size": self.settings.micro_batch_size,
+                "gradient_accumulation_steps": self.settings.gradient_accumulation_steps,
+                "dtype_bytes": self.settings.dtype_bytes,
+                "memory_fraction": self.settings.memory_fraction,
+            },
+            "placements": [e.as_dict() for e in self.estimates],
+            "recommended": None if self.recommended is None else self.recommended.as_dict(),
+        }
+
+
+def plan(shape: ModelShape, machine: MachineFacts, settings: PlanSettings) -> Plan:
+    """Estimate every allowed placement; recommend the fastest that fits (the least offload
+    among equally fast ones)."""
+    estimates = tuple(estimate(shape, machine, settings, p) for p in settings.placements)
+    fitting = [e for e in estimates if e.fits]
+    best = None
+    for e in fitting:  # in PLACEMENTS order: less offload first
+        if best is None or e.seconds < best.seconds * (1 - 1e-9) or math.isnan(best.seconds):
+            best = e
+    return Plan(
+        shape=shape, machine=machine, settings=settings, estimates=estimates, recommended=best
+    )
+
+
+def recommended_config(result: Plan, *, aio: dict | None = None) -> dict[str, Any] | None:
+    """The recommended placement as a DeepSpeed-style config (keys of docs/config.md)."""
+    e = result.recommended
+    if e is None:
+        return None
+    s, shape = result.settings, result.shape
+    largest = max(_shards(shape, s.world_size))
+    nvme_path = result.machine.nvme_path
+    param: dict[str, Any] = {"device": e.placement.param_device}
+    opt: dict[str, Any] = {"device": e.placement.optimizer_device}
+    if param["device"] == "nvme":
+        param.update(
+            nvme_path=nvme_path,
+            pin_memory=s.pin_memory,
+            buffer_count=s.param_buffer_count,
+            buffer_size=largest,
+        )
+    if opt["device"] != "none":
+        opt["pin_memory"] = s.pin_memory
+    if opt["device"] == "nvme":
+        opt.update(nvme_path=nvme_path, buffer_count=s.optimizer_buffer_count)
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": s.micro_batch_size,
+        "gradient_accumulation_steps": s.gradient_accumulation_steps,
+        "bf16": {"enabled": s.dtype_bytes == 2},
+        "zero_optimization": {
+            "stage": 3,
+            "offload_param": param,
+            "offload_optimizer": opt,
+            "sub_group_size": s.sub_group_size,
+            "stage3_prefetch_bucket_size": s.prefetch_bucket_size,
+            "stage3_param_persistence_threshold": s.param_persistence_threshold,
+        },
+    }
+    if aio and e.placement.uses_nvme:
+        config["aio"] = dict(aio)
+    return config
