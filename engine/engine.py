@@ -321,10 +321,17 @@ class TiermemEngine:
         """Whether the next :meth:`step` runs the optimizer."""
         return (self.micro_steps + 1) % self.gradient_accumulation_steps == 0
 
-    def backward(self, loss: torch.Tensor, *, retain_graph: bool = False) -> torch.Tensor:
-        """Backward of ``loss`` times the loss scale, divided by the accumulation steps."""
+    def backward(
+        self, loss: torch.Tensor, *, retain_graph: bool = False, scale_wrt_gas: bool = True
+    ) -> torch.Tensor:
+        """Backward of ``loss`` times the loss scale, divided by the accumulation steps.
+
+        ``scale_wrt_gas=False`` (DeepSpeed's name) skips the division, for a
+        caller whose loss is already normalised over the accumulation window
+        (the Hugging Face Trainer's).
+        """
         scale = self.loss_scaler.scale
-        factor = scale / self.gradient_accumulation_steps
+        factor = scale / self.gradient_accumulation_steps if scale_wrt_gas else scale
         self._grad_loss_scale = scale
         scaled = loss.float() * factor if factor != 1.0 else loss
         scaled.backward(retain_graph=retain_graph)
