@@ -19,6 +19,10 @@ then the tools take turns, one step each, round after round with a short
 sleep between turns and the order rotated each round. A drift of the
 machine's speed (other jobs, frequency) then hits every tool alike; the
 report gives medians, the median of the per-round ratios, and the spread.
+Two in-place bandwidth kernels (``a *= s``: 8 B per element; ``a += s*b``:
+12 B) take turns in the same rounds on arrays of the same size; the faster
+one's median is the bound each figure is a fraction of. Below ~10M the
+arrays sit in cache and the fraction means nothing; judge it at 100M+.
 
 Usage::
 
@@ -106,6 +110,8 @@ def _make_step(workload: str, impl: str, n: int, shared: dict | None = None):
     """
     import torch
 
+    if impl in BANDWIDTH_KERNELS:
+        return _bandwidth_step(impl, n, workload, shared)
     if impl.startswith("tiermem"):
         from tiermem import adam
 
@@ -168,6 +174,28 @@ def _make_step(workload: str, impl: str, n: int, shared: dict | None = None):
             raise RuntimeError("unexpected overflow")
 
     return step
+
+
+# Memory-bandwidth kernels timed in the interleaved rounds beside the
+# optimizers, on arrays of the optimizer's size: bytes moved per element.
+# [Note: in-place updates are the bound that matters (every optimizer here
+#  updates p, m and v in place); a separate probe in another process, at
+#  another time and size, drifted 26-107 GB/s under a varying load and could
+#  not say what fraction of the machine a step used.]
+BANDWIDTH_KERNELS = {"bw_scale_inplace": 8, "bw_add_inplace": 12}
+
+
+def _bandwidth_step(impl: str, n: int, workload: str, shared: dict | None):
+    import torch
+
+    # [Note: the parameters every tool shares double as the array scaled, to
+    #  keep 400M within RAM; a factor this close to 1 leaves them usable.]
+    grad_dtype = torch.float32 if workload == "fp32" else torch.bfloat16
+    a = _tensors(n, grad_dtype, shared)[0]
+    if impl == "bw_scale_inplace":
+        return lambda: a.mul_(1.0000001)
+    b = _scratch("bw_b", n, torch.float32, shared).fill_(0.5)
+    return lambda: a.add_(b, alpha=1e-7)
 
 
 def run_case(workload: str, impl: str, n: int, repeats: int) -> dict:
@@ -335,15 +363,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rounds must be >= 1, --sleep >= 0 and --warm-steps >= 0")
     cases = {w: [i for i in CASES[w] if not wanted or i in wanted] for w in workloads}
 
+    if args.interleaved:  # the bandwidth kernels run inside the rounds there
+        return interleaved_main(args, sizes, cases, {}, float("nan"))
+
     bw_n = min(max(sizes), 200_000_000)
     print(f"memory bandwidth ({fmt_n(bw_n)} floats per array) ...", flush=True)
     bw = spawn("bandwidth", bw_n, max(repeats, 3), args.timeout)
     limit = max(bw["gbps"].values()) if bw.get("ok") else float("nan")
     if bw.get("ok"):
         print("  " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in bw["gbps"].items()))
-
-    if args.interleaved:
-        return interleaved_main(args, sizes, cases, bw, limit)
 
     rows, skipped = [], {}
     for n in sizes:
@@ -411,6 +439,7 @@ def interleaved_main(
     )
     for n in sizes:
         for workload, impls in cases.items():
+            impls = [i for i in impls if i not in BANDWIDTH_KERNELS] + list(BANDWIDTH_KERNELS)
             worker = f"interleaved:{workload}:{','.join(impls)}"
             res = spawn(
                 worker, n, args.rounds, args.timeout * len(impls), args.sleep, args.warm_steps
@@ -421,6 +450,19 @@ def interleaved_main(
             for impl, reason in res["skipped"].items():
                 print(f"  {workload:8s} {fmt_n(n):>5s} {impl:20s} skipped: {reason}")
             times = res["seconds"]
+            bw_runs = {k: times.pop(k) for k in BANDWIDTH_KERNELS if k in times}
+            bw_here = {
+                k: statistics.median(n * BANDWIDTH_KERNELS[k] / t / 1e9 for t in ts)
+                for k, ts in bw_runs.items()
+            }
+            if bw_here:
+                limit = max(bw_here.values())
+                print(
+                    f"  {workload:8s} {fmt_n(n):>5s} in-place bandwidth in the same rounds: "
+                    + ", ".join(f"{k[3:]} {v:.1f} GB/s" for k, v in bw_here.items()),
+                    flush=True,
+                )
+                rows.append({"workload": workload, "n": n, "impl": "bandwidth", "gbps": bw_here})
             for impl, ts in times.items():
                 med = statistics.median(ts)
                 spread = (_quantile(ts, 0.9) - _quantile(ts, 0.1)) / med
@@ -448,7 +490,16 @@ def interleaved_main(
             ours = times.get("tiermem")
             if not ours:
                 continue
-            entry = {"workload": workload, "n": n}
+            honest = NOMINAL_BYTES + (2 if workload == "offload" else 0)
+            ours_rate = n / statistics.median(ours)
+            entry = {
+                "workload": workload,
+                "n": n,
+                "bandwidth_limit_gbps": limit,
+                "fraction_of_bandwidth_nominal": ours_rate * NOMINAL_BYTES / 1e9 / limit,
+                "honest_bytes_per_param": honest,
+                "fraction_of_bandwidth_honest": ours_rate * honest / 1e9 / limit,
+            }
             parts = []
             for impl, ts in times.items():
                 if impl == "tiermem":
@@ -468,6 +519,13 @@ def interleaved_main(
                 )
             ratios.append(entry)
             print(f"  -> {workload} {fmt_n(n)}: tiermem vs " + "; ".join(parts), flush=True)
+            print(
+                f"  -> {workload} {fmt_n(n)}: tiermem at"
+                f" {entry['fraction_of_bandwidth_nominal']:.0%} of {limit:.1f} GB/s"
+                f" ({NOMINAL_BYTES} B/param), {entry['fraction_of_bandwidth_honest']:.0%}"
+                f" at {honest} B/param",
+                flush=True,
+            )
 
     result = {
         "mode": "interleaved",
