@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from tiermem.engine.config_base import ConfigError
 from tiermem.engine.optimizer_step import (
     AdamHyper,
     ShardOptimizer,
@@ -52,16 +53,44 @@ class StoreSpec:
     aio: object = None
 
 
-def rank_paths(paths: Sequence[str], rank: int) -> tuple[str, ...]:
-    """One subdirectory per rank under each configured ``nvme_path`` (created)."""
+def rank_paths(paths: Sequence[str], rank: int, *, key: str = "nvme_path") -> tuple[str, ...]:
+    """One subdirectory per rank under each configured ``nvme_path``.
+
+    The store creates the missing directories (mode 0700). A path that cannot
+    become one is a :class:`ConfigError` naming the config ``key`` and the path.
+    """
     if not paths:
         raise ValueError("nvme offload needs nvme_path")
     out = []
     for path in paths:
         sub = Path(path) / f"tiermem_rank{rank}"
-        sub.mkdir(parents=True, exist_ok=True)
+        _check_usable_dir(sub, given=path, key=key)
         out.append(os.fspath(sub))
     return tuple(out)
+
+
+def _check_usable_dir(target: Path, *, given: str, key: str) -> None:
+    """Raise ConfigError unless ``target`` is, or can be created as, a writable directory.
+
+    [Note: ``os.access`` asks the kernel, so it sees read-only mounts also for
+    root (who passes permission bits anyway: a 0500 directory is writable for
+    root, and then really is). Done here, before any file exists, so the error
+    names the config key instead of surfacing as an OSError from deep in the store.]
+    """
+    probe = target
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    where = f"{given}" if probe in (target, target.parent) else f"{given} ({probe})"
+    if probe.is_symlink() and not probe.exists():
+        raise ConfigError(
+            f"{where} is a symlink to {os.readlink(probe)}, which does not exist", path=key
+        )
+    if not probe.is_dir():
+        raise ConfigError(f"{where} exists and is not a directory", path=key)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        ro = os.statvfs(probe).f_flag & os.ST_RDONLY
+        why = "is on a read-only filesystem" if ro else "is not writable by this user"
+        raise ConfigError(f"{where} {why}", path=key)
 
 
 def open_store(spec: StoreSpec) -> TensorStore:

@@ -84,7 +84,7 @@ def build_placements(
     chunk_bytes = _round_up(min(zero.sub_group_size, largest_shard) * 12)
     stores: dict[tuple[str, ...], object] = {}
 
-    def store_for(paths: tuple[str, ...]):
+    def store_for(paths: tuple[str, ...], key: str):
         from tiermem.engine.nvme_tiers import StoreSpec, open_store, rank_paths
 
         if not paths:
@@ -98,7 +98,7 @@ def build_placements(
                 host += (max(zero.optimizer_buffer_count, 2) + 1) * chunk_bytes
                 host += 2 * _round_up(largest_shard * 4)  # and two gradient accumulators
             spec = StoreSpec(
-                paths=rank_paths(paths, rank),
+                paths=rank_paths(paths, rank, key=key),
                 host_bytes=host,
                 prefetch_bytes=prefetch,
                 pin_memory=zero.pin_memory and device.type == "cuda",
@@ -116,7 +116,9 @@ def build_placements(
         else:
             from tiermem.engine.nvme_tiers import StoreParamHome
 
-            home = StoreParamHome(store_for(zero.param_nvme_path), device)
+            home = StoreParamHome(
+                store_for(zero.param_nvme_path, "zero_optimization.offload_param.nvme_path"), device
+            )
     if opt_where == "none":
         shard_optimizer: ShardOptimizer = DeviceShardOptimizer(device)
     elif opt_where == "cpu":
@@ -127,10 +129,13 @@ def build_placements(
         from tiermem.engine.nvme_tiers import NvmeShardOptimizer
 
         shard_optimizer = NvmeShardOptimizer(
-            store_for(zero.optimizer_nvme_path), sub_group_size=zero.sub_group_size
+            store_for(zero.optimizer_nvme_path, "zero_optimization.offload_optimizer.nvme_path"),
+            sub_group_size=zero.sub_group_size,
         )
     if opt_where == "nvme":
-        grads: GradAccumulators = StoreGradAccumulators(store_for(zero.optimizer_nvme_path))
+        grads: GradAccumulators = StoreGradAccumulators(
+            store_for(zero.optimizer_nvme_path, "zero_optimization.offload_optimizer.nvme_path")
+        )
     else:
         grads = MemoryGradAccumulators(device if opt_where == "none" else torch.device("cpu"))
     return Placements(
