@@ -27,6 +27,9 @@ class SlowRead:
     def __init__(self, reqs, ready_at):
         self.reqs = reqs
         self.ready_at = ready_at
+        # what the store checks a finished request against
+        self.op, self.offset, self.path = "read", reqs[0].offset, reqs[0].path
+        self.nbytes = sum(r.nbytes for r in reqs)
 
     def done(self):
         return time.perf_counter() >= self.ready_at and all(r.done() for r in self.reqs)

@@ -148,6 +148,11 @@ class AioRequest:
         else:
             self._result = int(res)
 
+    @property
+    def path(self) -> Path:
+        """The file this request reads or writes."""
+        return self._file.path
+
     def wait(self) -> int:
         """Block until done; return the bytes transferred or raise :class:`OSError`."""
         with self._lock:

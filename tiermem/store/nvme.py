@@ -30,6 +30,7 @@ import torch
 
 from tiermem.aio import AioConfig, AioFile, AioRequest
 from tiermem.buffers import round_up
+from tiermem.faults import FaultPlan, FaultyAioFile
 from tiermem.store.errors import StoreBudgetError, StoreError
 from tiermem.store.states import TierKind
 
@@ -329,6 +330,22 @@ def _free_bytes(directory: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def wait_complete(req) -> None:
+    """Wait for a swap file request; OSError if it failed or moved fewer bytes than asked.
+
+    [Note: AioRequest already turns a short count into an error; the store
+    checks again so that no file object (tiermem.faults models one that
+    reports the count, as pread does) can pass a short read off as data.]
+    """
+    got = req.wait()
+    if got != req.nbytes:
+        raise OSError(
+            errno_mod.EIO,
+            f"short {req.op}: {got} of {req.nbytes} bytes at offset {req.offset} of {req.path}",
+            str(req.path),
+        )
+
+
 # ---------------------------------------------------------------------------
 # the tier
 
@@ -336,11 +353,14 @@ def _free_bytes(directory: Path) -> int:
 class SwapStripe:
     """One swap file: its lock descriptor and its asynchronous I/O engine."""
 
-    def __init__(self, directory: Path, path: Path, lock_fd: int, aio: AioConfig) -> None:
+    def __init__(
+        self, directory: Path, path: Path, lock_fd: int, aio: AioConfig, faults: FaultPlan | None
+    ) -> None:
         self.directory = directory
         self.path = path
         self.lock_fd = lock_fd
-        self.file = AioFile(path, "r+", config=aio, follow_symlinks=False)
+        file = AioFile(path, "r+", config=aio, follow_symlinks=False)
+        self.file: AioFile | FaultyAioFile = file if faults is None else FaultyAioFile(file, faults)
 
     def close(self) -> None:
         self.file.close()
@@ -390,6 +410,8 @@ class NvmeTier:
         self._pending_free: list[Extent] = []
         self.table: dict | None = None
         self._dir_locks: list[int] = []
+        # [Note: injected faults (tests only) wrap every swap file; see tiermem.faults.]
+        self.faults = FaultPlan.from_env()
         S = len(self.dirs)
         self.limit = None if budget is None else (budget // (S * self.unit)) * S * self.unit
         if budget is not None and budget < 0:
@@ -469,7 +491,7 @@ class NvmeTier:
                 if self.persistent:
                     os.fsync(fd)
             os.fchmod(fd, 0o600)
-            return SwapStripe(directory, path, fd, self.aio)
+            return SwapStripe(directory, path, fd, self.aio, self.faults)
         except BaseException:
             os.close(fd)
             if not self.persistent:

@@ -12,13 +12,12 @@ finished. Completion times in the trace are therefore when the store saw them.]
 
 from __future__ import annotations
 
-import os
 import time
 
 from tiermem.checksum import crc32c
 from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreBudgetError, StoreCorruptionError, StoreError
-from tiermem.store.nvme import Extent, NvmeTier
+from tiermem.store.nvme import Extent, NvmeTier, wait_complete
 from tiermem.store.records import CopyRecord, EntryRecord, FlushOp, LoadOp
 from tiermem.store.schedule import PrefetchSchedule
 from tiermem.store.states import Residency, TierKind, check_transition
@@ -107,7 +106,7 @@ class Pager:
         return StoreError(
             f"{what} tensor {e.name!r} ({e.nbytes} bytes, extent of {extent.length} at "
             f"{extent.offset}) in {exc.filename or self._nvme.files_of(extent)} failed: "
-            f"{os.strerror(exc.errno) if exc.errno else exc}; the tensor's previous copy is intact"
+            f"{exc.strerror or exc}; the tensor's previous copy is intact"
         )
 
     def _finish_flush(self, f: FlushOp) -> None:
@@ -121,7 +120,7 @@ class Pager:
         error = None
         for r in f.pending:
             try:
-                r.wait()
+                wait_complete(r)
             except OSError as exc:
                 error = error or exc
         nv = e.copies[TierKind.NVME]
@@ -264,7 +263,7 @@ class Pager:
         error = None
         for r in load.pending:
             try:
-                r.wait()
+                wait_complete(r) if load.src is TierKind.NVME else r.wait()
             except OSError as exc:
                 error = error or exc
         if error is not None:
