@@ -108,7 +108,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """A GPT-2-style causal LM; ``forward(idx, targets)`` returns the mean cross-entropy."""
+    """A GPT-2-style causal LM; ``forward(idx, targets)`` returns the mean cross-entropy,
+    ``forward(idx)`` the logits."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -134,8 +135,9 @@ class GPT(nn.Module):
         """The model's shape (``config.hidden_size`` resolves the engine's ``"auto"`` values)."""
         return self.cfg
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """``idx``, ``targets``: (batch, time) token ids -> scalar loss."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """``idx``, ``targets``: (batch, time) token ids -> scalar loss; without
+        ``targets``, the logits (batch, time, vocab) (for inference)."""
         t = idx.shape[1]
         if t > self.cfg.seq_len:
             raise ValueError(f"sequence of {t} tokens is longer than seq_len {self.cfg.seq_len}")
@@ -143,4 +145,6 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.lm_head(self.ln_f(x))
+        if targets is None:
+            return logits
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
