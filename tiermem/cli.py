@@ -116,18 +116,23 @@ def _run_bench(args) -> int:
     if args.block_sizes:
         bad = [b for b in args.block_sizes if b <= 0 or b % 4096]
         if bad:
-            raise UsageError(f"--block-sizes: each must be a positive multiple of 4096, got {bad}")
+            raise UsageError(
+                f"tiermem bench: --block-sizes: each must be a positive multiple of 4096, got {bad}"
+            )
         overrides["block_sizes"] = tuple(args.block_sizes)
     if args.queue_depths:
         if any(q < 1 or q > 4096 for q in args.queue_depths):
-            raise UsageError(f"--queue-depths: each must be in 1..4096, got {args.queue_depths}")
+            raise UsageError(
+                f"tiermem bench: --queue-depths: each must be in 1..4096, got {args.queue_depths}"
+            )
         overrides["queue_depths"] = tuple(args.queue_depths)
     if args.backends:
         names = tuple(b.strip() for b in args.backends.split(",") if b.strip())
         bad = [b for b in names if b not in ("auto", "io_uring", "libaio", "threads")]
         if bad:
             raise UsageError(
-                f"--backends: unknown backend {bad[0]!r}; expected io_uring, libaio, threads"
+                f"tiermem bench: --backends: unknown backend {bad[0]!r}; "
+                "expected io_uring, libaio, threads"
             )
         overrides["backends"] = names
     if overrides:
