@@ -220,6 +220,8 @@ def export_weights(
         raise FileExistsError(f"{out}: exists; pass force=True (--force) to replace it")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent}: no such directory (the parent of {out.name})")
+    if not Path(checkpoint).is_dir():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint directory")
     path = resolve_checkpoint(checkpoint, tag)
     manifest = read_manifest(path)
     if verify:
