@@ -44,7 +44,8 @@ class OffloadConfig(Section):
 
     PATH: ClassVar[str] = "zero_optimization.offload_param"
 
-    device: str = setting("none", kind="choice", choices=OFFLOAD_DEVICES, fold_case=True)
+    # "auto": the planner chooses at initialize (tiermem.engine.auto_placement)
+    device: str = setting("none", kind="choice", choices=(*OFFLOAD_DEVICES, "auto"), fold_case=True)
     nvme_path: tuple[str, ...] | None = setting(None, kind="paths", nullable=True)
     pin_memory: bool = setting(True, kind="bool")
     buffer_count: int = setting(5, kind="int", lo=1)
@@ -164,12 +165,12 @@ class ZeroConfig(Section):
         if self.overlap_comm is None:
             object.__setattr__(self, "overlap_comm", self.stage == 3)
         param, opt = self.offload_param, self.offload_optimizer
-        if param.device != "none" and self.stage != 3:
+        if param.device not in ("none", "auto") and self.stage != 3:
             raise ConfigError(
                 f'offloading parameters needs "stage": 3, but the stage is {self.stage}',
                 path=param.field_path("device"),
             )
-        if opt.device != "none" and self.stage == 0:
+        if opt.device not in ("none", "auto") and self.stage == 0:
             raise ConfigError(
                 'offloading the optimizer needs ZeRO "stage" 1, 2 or 3, but the stage is 0',
                 path=opt.field_path("device"),

@@ -113,6 +113,16 @@ def engine_settings(config: Any, *, world_size: int, model: Any = None) -> Engin
         hysteresis=int(fp16.hysteresis),
         min_loss_scale=float(fp16.min_loss_scale),
     )
+    from tiermem.engine.auto_placement import resolve_auto_placement
+
+    cfg = resolve_auto_placement(  # "auto" offload devices: the planner's choice
+        cfg,
+        model=model,
+        world_size=world_size,
+        micro_batch_size=sizes.micro_batch_size,
+        gradient_accumulation_steps=sizes.gradient_accumulation_steps,
+        dtype_bytes=4 if kind == "fp32" else 2,
+    )
     z = cfg.zero_optimization
     op, oo = z.offload_param, z.offload_optimizer
     zero = ZeroSettings(

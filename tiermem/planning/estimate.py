@@ -101,6 +101,8 @@ class PlanSettings:
 
     Sizes in elements, as in the config. ``dtype_bytes`` 2 is bf16/fp16, 4 fp32.
     ``memory_fraction`` is the share of each tier's capacity the plan may fill.
+    ``model_built_on_host`` False: the model is built inside ``tiermem.init_context``
+    (partitioned as it is built, never whole in host memory).
     ``placements`` restricts the candidates (the engine's ``"auto"`` passes the
     ones the config's stage and paths allow).
     """
@@ -119,6 +121,7 @@ class PlanSettings:
     memory_fraction: float = 0.9
     allocator_fraction: float = 0.1
     runtime_bytes: int | None = None
+    model_built_on_host: bool = True
     placements: tuple[Placement, ...] = PLACEMENTS
 
     def __post_init__(self) -> None:
@@ -224,9 +227,10 @@ def _shards(shape: ModelShape, world: int) -> list[int]:
 def activation_bytes(shape: ModelShape, s: PlanSettings, *, checkpointing: bool) -> tuple[int, str]:
     """Saved activations of one micro-batch plus the backward's transient peak, and a note.
 
-    Per block and token, ``8h + 2I`` values (``8h + 4I`` with a gated MLP): the
-    two LayerNorm inputs, QKV input and output, attention output, MLP input,
-    its pre- and post-activation (SDPA keeps no attention matrix). The head
+    Per block and token, ``10h + 2I`` values (``10h + 4I`` with a gated MLP):
+    the two LayerNorm inputs, QKV input and output, the contiguous q/k/v heads
+    and attention output SDPA keeps, the projection and MLP inputs, the MLP's
+    pre- and post-activation (SDPA keeps no attention matrix). The head
     keeps the logits, their fp32 copy (bf16/fp16 runs) and the log-softmax
     (fp32), and its backward holds a gradient as large. With checkpointing,
     each block keeps its input and one block's activations exist at a time.
@@ -237,7 +241,7 @@ def activation_bytes(shape: ModelShape, s: PlanSettings, *, checkpointing: bool)
     seq = s.seq_len or shape.seq_len
     tokens = s.micro_batch_size * seq
     h = shape.hidden_size
-    per_block = tokens * (8 * h + (4 if shape.gated_mlp else 2) * shape.mlp_width) * b
+    per_block = tokens * (10 * h + (4 if shape.gated_mlp else 2) * shape.mlp_width) * b
     embed = tokens * h * b
     head = tokens * shape.vocab_size * (b + 4 + (4 if b != 4 else 0))
     head_grad = tokens * shape.vocab_size * 4
@@ -310,8 +314,16 @@ def _tiers(shape: ModelShape, s: PlanSettings, p: Placement) -> tuple[dict, dict
         budget = _store_budget(shape, s, p)
         host["offload buffers (store host budget)"] = budget
         pinned += budget
+        # [Note: the store writes a dirty copy to a new extent and frees the old one
+        #  when the write completes, so up to its host budget is on disk twice.]
+        nvme["write-back headroom (copy-on-write extents)"] = budget
     elif p.optimizer_device == "cpu":
         pinned += 12 * n  # HostShardOptimizer pins its states on CUDA machines
+    if s.model_built_on_host:
+        # [Note: a model built outside tiermem.init_context exists whole, in fp32, in
+        #  host memory before initialize partitions it; the engine frees it, but the
+        #  process's allocator keeps most of those pages (measured: RSS does not fall).]
+        host["model as built (fp32, before initialize)"] = 4 * shape.num_params
     return device, host, nvme, pinned
 
 
