@@ -116,3 +116,25 @@ def test_model_built_in_init_context(tmp_path):
     engine, *_ = tiermem.initialize(model=model, config=cfg)
     engine.load_weights(path)
     assert _train(engine) == _reference(cfg)
+
+
+def test_frozen_and_persistent_groups(tmp_path):
+    """A frozen module (no masters) and stage 3 groups kept gathered (persistence threshold)."""
+    cfg = _cfg(tmp_path, "cpu")
+    cfg["zero_optimization"]["stage3_param_persistence_threshold"] = 10_000
+    path = _write("safetensors", tmp_path)
+
+    def build(seed: int):
+        model = make_model(seed=seed)
+        model.wpe.weight.requires_grad_(False)
+        return model
+
+    engine, *_ = tiermem.initialize(model=build(1), config=cfg)
+    assert any(g.persistent for g in engine.groups) and not all(g.trainable for g in engine.groups)
+    engine.load_weights(path)
+    weights = _weights()
+    assert torch.equal(engine.module.ln_f.weight, weights["ln_f.weight"])  # gathered copy
+    got = _train(engine)
+    reference = build(1)
+    reference.load_state_dict(weights)
+    assert got == engine_losses(cfg, steps=STEPS, model=reference)
