@@ -119,3 +119,37 @@ def test_unset_means_plain_files(tmp_path, monkeypatch):
         store.register("a", 10, torch.float32)
         assert store.tier(NV).faults is None
         assert type(store.tier(NV).stripes[0].file).__name__ == "AioFile"
+
+
+def test_failed_prefetch_is_reported_by_the_fetch_that_needed_it(tmp_path, monkeypatch):
+    # a plan that never fires: the files are wrapped, faults are added later
+    store = make(tmp_path, monkeypatch, "delay@r1000000:1us", prefetch_bytes=2 * 4 * N)
+    with store:
+        names = [f"t{i}" for i in range(6)]
+        for i, name in enumerate(names):
+            store.register(name, N, torch.float32, init=torch.full((N,), float(i)))
+        plan = store.tier(NV).faults
+        for _ in range(2):  # the first pass records the schedule, the second replays it
+            store.begin_pass()
+            for name in names:
+                store.fetch(name, H).wait()
+                store.release(name)
+            store.end_pass()
+        plan.add("eio@r1")  # the next read: a prefetch, issued by the fetch of t0
+        store.begin_pass()
+        raised = []
+        for i, name in enumerate(names):
+            fired_before = len(plan.fired)
+            try:
+                got = store.fetch(name, H).wait()
+            except StoreError as exc:
+                raised.append((name, fired_before, str(exc)))
+                continue
+            assert torch.equal(got, torch.full((N,), float(i)))
+            store.release(name)
+        store.end_pass()
+        ((name, fired_before, msg),) = raised  # one error, at the fetch of the tensor
+        assert fired_before == 1  # ... whose read had failed during an earlier fetch
+        assert f"reading tensor '{name}'" in msg and "injected fault eio@r1" in msg
+        i = names.index(name)
+        assert torch.equal(store.fetch(name, H).wait(), torch.full((N,), float(i)))  # retried

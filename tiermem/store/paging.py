@@ -247,6 +247,11 @@ class Pager:
         load.error = error
         load.finished = True
         e, c = load.entry, load.copy
+        if c.prefetched:
+            # [Note: nobody waits on a prefetch yet; its error is kept for the
+            #  fetch that would have used it, so an I/O error or corruption is
+            #  never hidden by the fetch quietly reading again.]
+            c.failed = error
         if load in self._loads:
             self._loads.remove(load)
         c.load = None

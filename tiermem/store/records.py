@@ -28,6 +28,7 @@ class CopyRecord:
     flush: FlushOp | None = None
     last_use: int = 0
     prefetched: bool = False  # brought in ahead of use, not yet fetched
+    failed: BaseException | None = None  # a prefetch's error, raised by the next fetch
 
 
 @dataclass(eq=False)

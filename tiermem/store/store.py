@@ -275,6 +275,9 @@ class TensorStore(Pager):
         self.schedule.observe((name, tier))
         self.telemetry.fetches += 1
         c = e.copies[tier]
+        if c.failed is not None:  # a prefetch of this copy failed: report it here
+            error, c.failed = c.failed, None
+            raise error
         if c.state is R.EVICTING:
             self._wait_flush(c.flush)
         if tier is e.home and any(
