@@ -311,8 +311,8 @@ class FlatParamGroup:
         """Start gathering the flat buffer without waiting (a no-op unless SHARDED)."""
         if self.state is not GroupState.SHARDED:
             return
+        shard = self.home.load(self.key)  # if this raises, the group stays SHARDED
         self._move(GroupState.GATHERING)
-        shard = self.home.load(self.key)
         self._loaded = True
         lay = self.layout
         if (
