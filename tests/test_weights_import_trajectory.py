@@ -1,5 +1,5 @@
 """engine.load_weights from each format (safetensors file, PyTorch state-dict file, Hugging
-Face folder: model.safetensors, sharded index, pytorch_model.bin) trains exactly like the
+Face folder: model.safetensors, pytorch_model.bin, each also sharded) trains exactly like the
 model given the same weights with load_state_dict before initialize."""
 
 from __future__ import annotations
@@ -36,15 +36,19 @@ def _write(fmt: str, root) -> str:
         save_file(once, folder / "model.safetensors", metadata={"format": "pt"})
     elif fmt == "hf-bin":
         torch.save(sd, folder / "pytorch_model.bin")
-    else:  # hf-sharded
+    else:  # hf-sharded, hf-bin-sharded
         names = sorted(once)
-        half = {"a": names[: len(names) // 2], "b": names[len(names) // 2 :]}
+        stem, ext = ("model", "safetensors") if fmt == "hf-sharded" else ("pytorch_model", "bin")
         weight_map = {}
-        for part, keys in half.items():
-            file = f"model-0000{1 if part == 'a' else 2}-of-00002.safetensors"
-            save_file({k: once[k] for k in keys}, folder / file)
+        for i, keys in enumerate((names[: len(names) // 2], names[len(names) // 2 :]), 1):
+            file = f"{stem}-0000{i}-of-00002.{ext}"
+            part = {k: once[k] for k in keys}
+            if ext == "bin":
+                torch.save(part, folder / file)
+            else:
+                save_file(part, folder / file)
             weight_map.update(dict.fromkeys(keys, file))
-        (folder / "model.safetensors.index.json").write_text(
+        (folder / f"{stem}.{ext}.index.json").write_text(
             json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map})
         )
     return str(folder)
@@ -80,7 +84,10 @@ def _cfg(tmp_path, offload: str, precision: str = "fp32") -> dict:
     return cfg
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "torch", "hf-safetensors", "hf-sharded", "hf-bin"])
+FORMATS = ["safetensors", "torch", "hf-safetensors", "hf-sharded", "hf-bin", "hf-bin-sharded"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_each_format_trains_like_load_state_dict(tmp_path, fmt):
     cfg = _cfg(tmp_path, "cpu")
     path = _write(fmt, tmp_path)
