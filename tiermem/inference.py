@@ -296,7 +296,8 @@ class StreamingModel:
         for name in wanted:
             mod = modules.get(name)
             if mod is None:
-                near = [n for n in modules if n and n.split(".")[0] == name.split(".")[0]][:5]
+                parent = name.rpartition(".")[0]
+                near = [n for n in modules if n and n.rpartition(".")[0] == parent][:8]
                 raise InferenceError(
                     f"InferenceConfig.units: no module named {name!r} in the model"
                     + (f" (some that exist: {near})" if near else "")
