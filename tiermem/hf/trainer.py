@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from transformers import Trainer
 
@@ -284,16 +285,27 @@ class TiermemTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the consolidated weights as a ``save_pretrained`` folder (a collective).
 
+        Also the processing class, and the arguments as ``training_args.json``.
+
         [Note: the weights are gathered into host memory here, as
         ``save_pretrained`` needs a state dict; the engine's own checkpoint
-        (``_save_optimizer_and_scheduler``) streams instead.]
+        (``_save_optimizer_and_scheduler``) streams instead. The Trainer's
+        ``_save`` is not used: it pickles the arguments (``training_args.bin``),
+        and tiermem's checkpoints hold no pickle.]
         """
         if self.engine is None:
             return super().save_model(output_dir, _internal_call)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
         state_dict = self.engine.full_state_dict()
         if self.args.should_save:
-            self._save(output_dir, state_dict=state_dict)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            if hasattr(self.model, "save_pretrained"):
+                self.model.save_pretrained(output_dir, state_dict=state_dict)
+            else:
+                save_file(state_dict, output_dir / "model.safetensors", metadata={"format": "pt"})
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            (output_dir / "training_args.json").write_text(self.args.to_json_string())
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
