@@ -1,6 +1,7 @@
 """With 2 ranks at stage 3 each rank reads only its own element range of every parameter
 (from a safetensors file and from a memory-mapped PyTorch file), never the whole model, and
-the two ranks together fill it exactly: their losses equal load_state_dict + initialize."""
+the two ranks together fill it exactly: their losses equal load_state_dict + initialize. At
+stage 2 too, each rank reads its shard and ends up with every whole parameter."""
 
 from __future__ import annotations
 
@@ -25,9 +26,7 @@ def _spy(cls, reads: list) -> None:
     cls.read_into = read_into
 
 
-def _rank(rank: int, world: int, st_path: str, pt_path: str) -> dict:
-    cfg = config(stage=3, offload="cpu", offload_param="cpu", world=world)
-    engine, *_ = tiermem.initialize(model=make_model(seed=1), config=cfg)
+def _owned(engine) -> dict[str, tuple[int, int]]:
     owned = {}
     for group in engine.groups:
         lay = group.layout
@@ -36,6 +35,31 @@ def _rank(rank: int, world: int, st_path: str, pt_path: str) -> dict:
             e = min(lay.shard_end, slot.offset + slot.numel) - slot.offset
             if s < e:
                 owned[slot.name] = (s, e)
+    return owned
+
+
+def _stage2(st_path: str, world: int) -> tuple[dict, list, dict]:
+    """Stage 2 keeps whole parameters on every rank: each reads its shard, the all-gather
+    fills the rest."""
+    engine, *_ = tiermem.initialize(model=make_model(seed=1), config=config(stage=2, world=world))
+    reads = []
+    _spy(SafetensorsReader, reads)
+    engine.load_weights(st_path)
+    SafetensorsReader.read_into = _ORIGINAL
+    full = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    owned = _owned(engine)
+    engine.close()
+    return owned, reads, full
+
+
+_ORIGINAL = SafetensorsReader.read_into
+
+
+def _rank(rank: int, world: int, st_path: str, pt_path: str) -> dict:
+    stage2 = _stage2(st_path, world)
+    cfg = config(stage=3, offload="cpu", offload_param="cpu", world=world)
+    engine, *_ = tiermem.initialize(model=make_model(seed=1), config=cfg)
+    owned = _owned(engine)
     st_reads, pt_reads = [], []
     _spy(SafetensorsReader, st_reads)
     engine.load_weights(st_path)
@@ -52,7 +76,7 @@ def _rank(rank: int, world: int, st_path: str, pt_path: str) -> dict:
         torch.distributed.all_reduce(value)
         losses.append(float(value) / world)
     engine.close()
-    return {"owned": owned, "st": st_reads, "pt": pt_reads, "losses": losses}
+    return {"owned": owned, "st": st_reads, "pt": pt_reads, "losses": losses, "stage2": stage2}
 
 
 def _merged(reads):
@@ -79,6 +103,10 @@ def test_each_rank_reads_only_its_slices(tmp_path):
             # exactly the rank's own range of each parameter it owns a part of
             assert read == {k: [v] for k, v in res["owned"].items()}, kind
             assert sum(b - a for a, b in sum(read.values(), [])) <= total // 2 + 64
+    for res in results:
+        owned, reads, full = res["stage2"]
+        assert _merged(reads) == {k: [v] for k, v in owned.items()}
+        assert all(torch.equal(full[k], v) for k, v in once.items())
     # the ranks' slices tile every parameter
     for name, value in once.items():
         spans = sorted(r["owned"][name] for r in results if name in r["owned"])
