@@ -425,13 +425,29 @@ class StreamingModel:
                     self.store.register(name, numel, dtype, home=self.home, init=flat)
                     del flat
                 for rec in unit.owned:
-                    rec.placeholder = torch.empty(0, dtype=rec.param.dtype, device=self.device)
-                    rec.param.data = rec.placeholder
+                    self._to_placeholder(rec)
             if source is not None:
                 source.load_buffers()
         finally:
             if source is not None:
                 source.close()
+
+    def _to_placeholder(self, rec: _ParamRecord) -> None:
+        """Point the parameter at an empty tensor on the compute device.
+
+        [Note: a meta parameter cannot take real data (set_data refuses the
+        type change), so it is replaced by a new Parameter under every name
+        it has; the record keeps the new one.]
+        """
+        rec.placeholder = torch.empty(0, dtype=rec.param.dtype, device=self.device)
+        if not rec.param.is_meta:
+            rec.param.data = rec.placeholder
+            return
+        new = nn.Parameter(rec.placeholder, requires_grad=rec.param.requires_grad)
+        for full in rec.names:
+            owner, _, leaf = full.rpartition(".")
+            setattr(self.module.get_submodule(owner), leaf, new)
+        rec.param = new
 
     def _check_materialised(self, in_file: set[str] | None) -> None:
         """Before anything moves: meta tensors must come from the weights file."""
