@@ -24,6 +24,7 @@ that slice. Neither ever holds a whole model in memory.]
 from __future__ import annotations
 
 import json
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -60,10 +61,7 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         """Elements."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 class WeightSource(ABC):

@@ -52,6 +52,7 @@ from tiermem.engine.checkpoint_format import (
     CheckpointError,
     SafetensorsWriter,
     TensorEntry,
+    _fsync_dir,
     dtype_from_name,
     read_manifest,
     resolve_checkpoint,
@@ -112,9 +113,7 @@ def _items(manifest: dict[str, Any], dtype: torch.dtype | None, where: str) -> l
 
 def _assemble(readers: _Readers, item: _Item) -> torch.Tensor:
     """The whole tensor ``item``, read from the rank files range by range."""
-    numel = 1
-    for d in item.shape:
-        numel *= d
+    numel = item.entry.numel
     out = torch.empty(numel, dtype=item.dtype)
     if item.buffer is not None:
         readers.get(item.buffer["file"]).read_into(item.buffer["key"], out)
@@ -147,14 +146,6 @@ def _write_file(path: Path, readers: _Readers, items: list[_Item]) -> None:
         for item in items:
             w.write(item.name, _assemble(readers, item))
         w.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: Path, obj: Any) -> None:
