@@ -12,9 +12,8 @@ allocator's share (the fixed runtime is the baseline, so it is left out).
 [Note: measured on the project's 2-core machine (two runs): observed/predicted
 0.95-0.96 (no offload), 0.93-0.96 (optimizer on CPU), 1.00-1.08 (optimizer on
 NVMe), 1.20-1.22 (parameters and optimizer on NVMe); the two ends are tested.
-The model as built (fp32, before
-initialize) is counted: the allocator keeps its pages after the engine
-frees it.]
+The model as built (fp32, before initialize) is counted: the allocator keeps
+its pages after the engine frees it.]
 """
 
 from __future__ import annotations
