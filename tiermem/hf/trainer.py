@@ -161,6 +161,11 @@ class TiermemTrainer(Trainer):
                 "TrainingArguments.deepspeed: pass the JSON as tiermem_config instead; "
                 "tiermem replaces DeepSpeed here"
             )
+        if args is not None and (args.fp16_full_eval or args.bf16_full_eval):
+            raise ValueError(
+                "TrainingArguments.fp16_full_eval/bf16_full_eval: not supported; evaluation "
+                'runs in the engine\'s precision (the config\'s "fp16"/"bf16")'
+            )
         if tiermem_config is None:
             raise ValueError("tiermem_config: pass a dict or the path of a JSON config")
         self.tiermem_config = tiermem_config
@@ -179,9 +184,11 @@ class TiermemTrainer(Trainer):
         return None
 
     def _wrap_model(self, model: Any, training: bool = True, dataloader: Any = None) -> Any:
-        if training and self._managed is not None:
-            return self._managed
-        return model  # never DataParallel/DDP: the engine reduces the gradients
+        # [Note: never DataParallel/DDP (the engine reduces the gradients). Once
+        #  the engine exists, evaluation runs through it too: a model that "is
+        #  not self.model" is also what keeps evaluation_loop from handing the
+        #  managed model to accelerate's prepare_model (which moves it).]
+        return self._managed if self._managed is not None else model
 
     # -- the engine, its optimizer and the LR scheduler ------------------------------------
     def _build_engine(self, num_training_steps: int) -> None:
