@@ -2,9 +2,11 @@
 
 Two references. The mixed-precision recipe in plain torch (bf16 model, fp32
 AdamW masters, fp32 gradient accumulation) does the same arithmetic as the
-engine: with the optimizer on the device (torch's AdamW) the losses are
+engine: with the optimizer on a CUDA device (torch's AdamW) the losses are
 identical; with the CPU Adam kernel (rounding differently from torch's in
 the last fp32 bit, which can flip a bf16 rounding) they stay within 1e-3.
+On a CPU-only machine the kernel also runs for ``offload_optimizer: none``
+(the states are in host memory either way).
 Against torch autocast (fp32 parameters, bf16 matmuls, fp32 layer norm and
 no rounding of the weights between steps) the trajectory stays within 1e-2.
 """
@@ -52,6 +54,7 @@ def references():
 def test_twenty_bf16_steps_match_torch(references, stage, offload):
     mixed, autocast = references
     losses = engine_losses(config(stage=stage, offload=offload, precision="bf16"))
-    tolerance = 0.0 if offload == "none" else 1e-3
+    torch_adam = offload == "none" and torch.cuda.is_available()
+    tolerance = 0.0 if torch_adam else 1e-3
     assert max_rel_diff(losses, mixed) <= tolerance
     assert max_rel_diff(losses, autocast) <= 1e-2
