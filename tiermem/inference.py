@@ -148,9 +148,11 @@ class InferenceReport:
     """What one :meth:`StreamingModel.forward` or :meth:`~StreamingModel.generate` did.
 
     ``io_wait_seconds`` is the time the caller stalled waiting for weights to
-    arrive (the store's stall time); ``fetch_seconds`` is all time spent in
-    the fetch/release hooks, the store's bookkeeping and synchronous copies
-    included. Both fractions are of ``seconds``, the call's wall time.
+    arrive (the store's stall time; ``io_wait_fraction`` is it over
+    ``seconds``, the call's wall time). ``fetch_seconds`` is all time spent in
+    the fetch/release hooks: the stalls plus the store's work on the caller's
+    thread (submitting reads, verifying checksums — ``checksum_seconds`` —,
+    synchronous copies, bookkeeping).
     """
 
     passes: int
@@ -160,6 +162,7 @@ class InferenceReport:
     io_wait_seconds: float
     io_wait_fraction: float
     fetch_seconds: float
+    checksum_seconds: float = 0.0
     bytes_moved: dict[str, int] = field(default_factory=dict)
     prefetch_hits: int = 0
     prefetch_misses: int = 0
@@ -175,6 +178,7 @@ class InferenceReport:
             "io_wait_seconds": self.io_wait_seconds,
             "io_wait_fraction": self.io_wait_fraction,
             "fetch_seconds": self.fetch_seconds,
+            "checksum_seconds": self.checksum_seconds,
             "bytes_moved": dict(self.bytes_moved),
             "prefetch_hits": self.prefetch_hits,
             "prefetch_misses": self.prefetch_misses,
@@ -635,6 +639,7 @@ class StreamingModel:
             io_wait_seconds=stall,
             io_wait_fraction=min(max(stall / seconds, 0.0), 1.0),
             fetch_seconds=self._fetch_seconds - fetch0,
+            checksum_seconds=after["checksum_seconds"] - before["checksum_seconds"],
             bytes_moved=moved,
             prefetch_hits=after["prefetch_hits"] - before["prefetch_hits"],
             prefetch_misses=after["prefetch_misses"] - before["prefetch_misses"],
