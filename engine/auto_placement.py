@@ -22,7 +22,7 @@ from typing import Any
 
 from tiermem.engine.config_base import ConfigError
 
-__all__ = ["AUTO_DEVICE", "resolve_auto_placement"]
+__all__ = ["AUTO_DEVICE", "model_shape", "plan_placement", "resolve_auto_placement"]
 
 AUTO_DEVICE = "auto"
 logger = logging.getLogger("tiermem.engine")
@@ -76,6 +76,42 @@ def _allowed(zero: Any) -> list:
     return out
 
 
+def plan_placement(
+    cfg: Any,
+    *,
+    model: Any,
+    world_size: int,
+    micro_batch_size: int,
+    gradient_accumulation_steps: int,
+    dtype_bytes: int,
+    placements: list,
+):
+    """The planner's :class:`~tiermem.planning.Plan` of ``placements`` for ``model`` under
+    ``cfg``'s ZeRO knobs on this machine (nothing measured)."""
+    from tiermem import planning
+
+    zero = cfg.zero_optimization
+    param, opt = zero.offload_param, zero.offload_optimizer
+    paths = opt.nvme_path or param.nvme_path
+    settings = planning.PlanSettings(
+        world_size=world_size,
+        micro_batch_size=micro_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        dtype_bytes=dtype_bytes,
+        pin_memory=bool(opt.pin_memory),
+        param_buffer_count=param.buffer_count,
+        optimizer_buffer_count=opt.buffer_count,
+        sub_group_size=zero.sub_group_size,
+        prefetch_bucket_size=int(zero.stage3_prefetch_bucket_size),
+        param_persistence_threshold=int(zero.stage3_param_persistence_threshold),
+        # the model exists already: its bytes are gone from the available memory
+        model_built_on_host=False,
+        placements=tuple(placements),
+    )
+    machine = planning.probe_machine(paths[0] if paths else None, measure=False)
+    return planning.plan(model_shape(model), machine, settings)
+
+
 def resolve_auto_placement(
     cfg: Any,
     *,
@@ -108,24 +144,15 @@ def resolve_auto_placement(
             "(NVMe placements need stage 3 and nvme_path)",
             path=where,
         )
-    from tiermem import planning
-
-    paths = opt.nvme_path or param.nvme_path
-    settings = planning.PlanSettings(
+    result = plan_placement(
+        cfg,
+        model=model,
         world_size=world_size,
         micro_batch_size=micro_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
         dtype_bytes=dtype_bytes,
-        pin_memory=bool(opt.pin_memory),
-        param_buffer_count=param.buffer_count,
-        optimizer_buffer_count=opt.buffer_count,
-        sub_group_size=zero.sub_group_size,
-        prefetch_bucket_size=int(zero.stage3_prefetch_bucket_size),
-        param_persistence_threshold=int(zero.stage3_param_persistence_threshold),
-        placements=tuple(allowed),
+        placements=allowed,
     )
-    machine = planning.probe_machine(paths[0] if paths else None, measure=False)
-    result = planning.plan(model_shape(model), machine, settings)
     chosen = result.recommended
     if chosen is None:
         reasons = "; ".join(

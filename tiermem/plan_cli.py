@@ -100,6 +100,11 @@ def add_plan(sub) -> None:
     )
     p.add_argument("--micro-batch", type=_positive, default=1, help="sequences per micro-batch (1)")
     p.add_argument("--grad-accum", type=_positive, default=1, help="micro-batches per step (1)")
+    p.add_argument(
+        "--init-context",
+        action="store_true",
+        help="the model is built inside tiermem.init_context (never whole in host memory)",
+    )
     p.add_argument("--world-size", type=_positive, default=1, help="ranks (1)")
     p.add_argument(
         "--dtype",
@@ -236,6 +241,7 @@ def run_plan(args) -> int:
         seq_len=args.seq_len,
         dtype_bytes=_DTYPES[dtype],
         memory_fraction=args.memory_fraction,
+        model_built_on_host=not args.init_context,
     )
     result = planning.plan(shape, machine, settings)
     saved = load_bench_result(args.bench_file)

@@ -165,6 +165,9 @@ class PlacementEstimate:
     ``device`` holds the model state on the compute device and the gathered
     parameters; ``activations``/``activations_checkpointed`` are per micro-batch
     on the device; ``overhead`` is the allocator's share and the runtime.
+    ``needed``: the least bytes of each physical memory ("device", "host",
+    "nvme") the placement fits in (with activation checkpointing); on a
+    CPU-only machine device bytes count as host.
     ``host`` is pageable and pinned host memory (``pinned`` of it pinned).
     """
 
@@ -182,6 +185,7 @@ class PlacementEstimate:
     seconds: float
     serial_seconds: float
     time_parts: dict[str, float]
+    needed: dict[str, int]
 
     def device_total(self, *, checkpointing: bool) -> int:
         """Device bytes of a step, activations and overhead included."""
@@ -210,6 +214,7 @@ class PlacementEstimate:
             "fits": self.fits,
             "needs_activation_checkpointing": self.needs_checkpointing,
             "reasons": list(self.reasons),
+            "needed_bytes": dict(self.needed),
             "step_seconds": self.seconds,
             "step_seconds_serial": self.serial_seconds,
             "step_time_parts": dict(self.time_parts),
@@ -391,37 +396,42 @@ def estimate(
     def overhead_for(act_bytes: int) -> int:
         return int(s.allocator_fraction * (dev_state + act_bytes)) + runtime
 
-    def problems(act_bytes: int) -> list[str]:
-        out = []
+    def needs(act_bytes: int) -> dict[str, int]:
+        """Bytes of each physical memory (on a CPU-only machine device bytes are host)."""
         dev = dev_state + act_bytes + overhead_for(act_bytes)
         host_total = sum(host.values())
-        frac = s.memory_fraction
-        if machine.device_is_host:
-            need = dev + host_total
-            if need > machine.host_bytes * frac:
-                out.append(
-                    f"host memory (the CPU computes): {need / GiB:.2f} GiB > {frac:.0%} of "
-                    f"{machine.host_bytes / GiB:.2f} GiB available"
-                )
-        else:
-            if dev > machine.device_bytes * frac:
-                out.append(
-                    f"device: {dev / GiB:.2f} GiB > {frac:.0%} of "
-                    f"{machine.device_bytes / GiB:.2f} GiB"
-                )
-            if host_total > machine.host_bytes * frac:
-                out.append(
-                    f"host: {host_total / GiB:.2f} GiB > {frac:.0%} of "
-                    f"{machine.host_bytes / GiB:.2f} GiB available"
-                )
+        out = (
+            {"host": dev + host_total}
+            if machine.device_is_host
+            else {
+                "device": dev,
+                "host": host_total,
+            }
+        )
         if placement.uses_nvme:
-            need = sum(nvme.values())
-            if machine.nvme_path is None:
+            out["nvme"] = sum(nvme.values())
+        return out
+
+    def problems(act_bytes: int) -> list[str]:
+        out = []
+        frac = s.memory_fraction
+        need = needs(act_bytes)
+        capacity = {
+            "device": (machine.device_bytes, "device", "GiB"),
+            "host": (
+                machine.host_bytes,
+                "host memory (the CPU computes)" if machine.device_is_host else "host",
+                "GiB available",
+            ),
+            "nvme": (machine.nvme_free_bytes, "nvme", f"GiB free in {machine.nvme_path}"),
+        }
+        for tier, nbytes in need.items():
+            have, label, unit = capacity[tier]
+            if tier == "nvme" and machine.nvme_path is None:
                 out.append("nvme: no nvme_path given")
-            elif need > machine.nvme_free_bytes * frac:
+            elif nbytes > have * frac:
                 out.append(
-                    f"nvme: {need / GiB:.2f} GiB > {frac:.0%} of "
-                    f"{machine.nvme_free_bytes / GiB:.2f} GiB free in {machine.nvme_path}"
+                    f"{label}: {nbytes / GiB:.2f} GiB > {frac:.0%} of {have / GiB:.2f} {unit}"
                 )
         return out
 
@@ -442,6 +452,7 @@ def estimate(
         activations=act,
         activations_checkpointed=act_ckpt,
         overhead=overhead_for(act_ckpt if needs_ckpt else act),
+        needed=needs(act_ckpt),
         fits=fits,
         needs_checkpointing=needs_ckpt,
         reasons=reasons,
