@@ -153,3 +153,23 @@ def test_failed_prefetch_is_reported_by_the_fetch_that_needed_it(tmp_path, monke
         assert f"reading tensor '{name}'" in msg and "injected fault eio@r1" in msg
         i = names.index(name)
         assert torch.equal(store.fetch(name, H).wait(), torch.full((N,), float(i)))  # retried
+
+
+def test_failed_write_behind_is_raised_by_the_next_fetch_not_by_a_release(tmp_path, monkeypatch):
+    # prefetch window as large as the host tier: a dirty release is written behind at once
+    with make(tmp_path, monkeypatch, "eio@w3", prefetch_bytes=1 << 20) as store:
+        store.register("a", N, torch.float32, init=torch.ones(N))  # write 1
+        store.register("b", N, torch.float32, init=torch.ones(N))  # write 2
+        b = store.fetch("b", H).wait()
+        store.fetch("a", H).wait().fill_(4.0)
+        store.release("a", dirty=True)  # write-behind: write 3 fails
+        assert store.tier(NV).faults.fired
+        b.fill_(5.0)
+        store.release("b", dirty=True)  # another tensor's release: not its error
+        with pytest.raises(StoreError, match="writing tensor 'a' .*injected fault eio@w3"):
+            store.fetch("b", H)
+        assert store.info("a")["states"][H] is Residency.DIRTY  # the new values are kept
+        store.write_back()
+        evict(store)
+        assert torch.equal(store.fetch("a", H).wait(), torch.full((N,), 4.0))
+        assert torch.equal(store.fetch("b", H).wait(), torch.full((N,), 5.0))

@@ -43,6 +43,7 @@ class Pager:
     _resident: dict[TierKind, dict[str, EntryRecord]]
     _loads: list[LoadOp]
     _flushes: list[FlushOp]
+    _write_errors: list[StoreError]
 
     def _mem(self, kind: TierKind) -> MemoryTier:
         return self._device if kind is TierKind.DEVICE else self._host
@@ -338,18 +339,27 @@ class Pager:
                 pass
         self._finish_load(load)
 
-    def _pump(self) -> None:
-        """Take note of finished transfers. Flush errors surface here."""
+    def _pump(self, *, report: bool = True) -> None:
+        """Take note of finished transfers. Failed write-behinds are raised
+        here with ``report`` (the first; their copies stay dirty), else kept
+        for the next call that reports.
+
+        [Note: only calls that have changed nothing yet report (fetch,
+        register, write_back): raised from release, an unrelated write's error
+        left the caller unsure whether its release happened, and the engine
+        released the same tensor twice.]
+        """
         for load in list(self._loads):
             self._poll_load(load)
-        errors = []
         for f in list(self._flushes):
             if all(r.done() for r in f.pending):
                 self._finish_flush(f)
                 if f.error is not None:
-                    errors.append(f.error)
-        if errors:
-            raise errors[0]
+                    self._write_errors.append(f.error)
+        if report and self._write_errors:
+            error = self._write_errors[0]
+            self._write_errors.clear()
+            raise error
 
     # ---- room ----
     def _victims(

@@ -98,6 +98,7 @@ class TensorStore(Pager):
         self._entries: dict[str, EntryRecord] = {}
         self._loads: list[LoadOp] = []
         self._flushes: list[FlushOp] = []
+        self._write_errors: list[StoreError] = []
         self._resident: dict[TierKind, dict[str, EntryRecord]] = {t: {} for t in TierKind}
         self._tick = 0
         self.schedule = PrefetchSchedule()
@@ -326,7 +327,7 @@ class TensorStore(Pager):
             self._mark_dirty(e, c)
         c.refs -= 1
         c.last_use = self._next_tick()
-        self._pump()
+        self._pump(report=False)
         if dirty:
             self._write_behind(e, c)
         self._prefetch()
@@ -375,7 +376,7 @@ class TensorStore(Pager):
         """End a pass; completes the recording on the first pass."""
         self._check_open()
         self.schedule.end_pass()
-        self._pump()
+        self._pump(report=False)
         self._prefetch()
 
     # ---- write-back ----
