@@ -608,6 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tiermem.plan_cli import add_plan
 
     add_plan(sub)
+    for command in sub.choices.values():  # `tiermem CMD ... --debug` works too
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
