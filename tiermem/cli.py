@@ -652,4 +652,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # [Note: run as `python -m tiermem.cli`, this file is `__main__`; subcommands in
+    #  other modules (plan_cli) import `tiermem.cli`, a second copy whose UsageError
+    #  and CliError this copy would not catch. So the installed module runs.]
+    from tiermem.cli import main as _installed_main
+
+    sys.exit(_installed_main())
