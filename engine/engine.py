@@ -232,6 +232,8 @@ class TiermemEngine:
             backward_pass=self.backward_pass,
             shard_grads=self.stage >= 2,
             accumulators=self.placements.grad_accumulators,
+            bucket_numel=zero.reduce_bucket_size,
+            overlap=zero.overlap_comm,
         )
         self.param_scheduler: ParamScheduler | None = None
         if self.stage == 3:

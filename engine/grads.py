@@ -13,6 +13,16 @@ keeps the full fp32 gradient; stage 1's optimizer reads its slice), stages 2
 and 3 reduce-scatter it, so a rank keeps only its shard. Gradients are
 averaged over the ranks.
 
+``reduce_bucket_size`` (elements) batches completed groups into one
+collective: a group's bucket waits until the waiting buckets hold at least
+that many elements (or backward ends), then they are reduced together. For a
+reduce-scatter the buckets are laid side by side rank-major
+(``[g1 shard 0 | g2 shard 0 | g1 shard 1 | ...]``, one copy) so that each
+rank receives its shard of every group in one piece. ``overlap_comm`` runs
+the collectives asynchronously, at most two in flight, landing them while
+backward goes on; without it each collective finishes before backward
+continues. One rank reduces nothing: a bucket lands as soon as it is full.
+
 [Note: a parameter that gets no gradient in some backward (unused, or a
 frozen branch) never fires its hook, so a group can stay incomplete. At the
 end of every backward a callback queued on the autograd engine reduces all
@@ -83,10 +93,18 @@ class GradReducer:
         shard_grads: bool,
         accumulators: GradAccumulators,
         on_reduced: Callable[[int], None] | None = None,
+        bucket_numel: int = 1,
+        overlap: bool = True,
     ) -> None:
         self.groups = list(groups)
         self.comm = comm
         self.shard_grads = shard_grads
+        self.bucket_numel = int(bucket_numel)
+        self.overlap = bool(overlap)
+        #: collectives issued (one per batch of buckets), for tests and telemetry
+        self.collectives = 0
+        #: most collectives in flight at once (0 without overlap_comm)
+        self.peak_in_flight = 0
         self.accumulators = accumulators
         self.on_reduced = on_reduced
         self.backward_pass = backward_pass
@@ -98,7 +116,9 @@ class GradReducer:
         self._filled: dict[int, set[int]] = {}  # slots written into each bucket
         self._remaining: dict[int, int] = {}
         self._reduced: set[int] = set()
-        self._in_flight: list[tuple[int, Pending, torch.Tensor, torch.Tensor]] = []
+        self._waiting: list[tuple[int, torch.Tensor]] = []  # full buckets not yet reduced
+        self._waiting_numel = 0
+        self._in_flight: list[tuple[Pending | None, list[tuple[int, torch.Tensor]]]] = []
         self.has_grads = False
         # groups that received at least one real gradient since the last zero()
         self.touched: set[int] = set()
@@ -167,29 +187,54 @@ class GradReducer:
         bucket = self._complete_bucket(gi)
         self._remaining[gi] = len(group.params)
         self._reduced.add(gi)
-        if self.comm.world_size == 1:
-            out, pending = bucket, None  # nothing to reduce
-        elif self.shard_grads:
-            out = torch.empty(group.layout.shard_numel, dtype=torch.float32, device=group.device)
-            pending = self.comm.reduce_scatter_flat(out, bucket, average=True, async_op=True)
-        else:
-            out = bucket
-            pending = self.comm.all_reduce(bucket, average=True, async_op=True)
-        self._in_flight.append((gi, pending, out, bucket))
-        # [Note: at most two reductions in flight: enough to overlap one with the
-        #  backward compute that follows, and it bounds the buckets held at once.]
-        while len(self._in_flight) > 2:
-            self._land(*self._in_flight.pop(0))
         self.has_grads = True
+        if self.comm.world_size == 1:
+            self.accumulators.land(gi, bucket)  # nothing to reduce
+        else:
+            self._waiting.append((gi, bucket))
+            self._waiting_numel += bucket.numel()
+            if self._waiting_numel >= self.bucket_numel:
+                self._issue()
         if self.on_reduced is not None:
             self.on_reduced(gi)
 
-    def _land(
-        self, gi: int, pending: Pending | None, out: torch.Tensor, _bucket: torch.Tensor
-    ) -> None:
+    def _issue(self) -> None:
+        """One collective over the waiting buckets; lands it now unless ``overlap``."""
+        waiting, self._waiting, self._waiting_numel = self._waiting, [], 0
+        if not waiting:
+            return
+        world = self.comm.world_size
+        if len(waiting) == 1:
+            flat = waiting[0][1]
+        elif self.shard_grads:  # rank-major, so that each rank's shards are contiguous
+            flat = torch.cat([b.view(world, -1) for _, b in waiting], dim=1).reshape(-1)
+        else:
+            flat = torch.cat([b for _, b in waiting])
+        if self.shard_grads:
+            out = torch.empty(flat.numel() // world, dtype=flat.dtype, device=flat.device)
+            pending = self.comm.reduce_scatter_flat(out, flat, average=True, async_op=self.overlap)
+            sizes = [b.numel() // world for _, b in waiting]
+        else:
+            out = flat
+            pending = self.comm.all_reduce(flat, average=True, async_op=self.overlap)
+            sizes = [b.numel() for _, b in waiting]
+        parts = list(zip([gi for gi, _ in waiting], out.split(sizes), strict=True))
+        self.collectives += 1
+        if not self.overlap:
+            self._land(pending, parts)
+            return
+        # [Note: at most two collectives in flight: enough to overlap one with the
+        #  backward compute that follows, and it bounds the buckets held at once.]
+        while len(self._in_flight) >= 2:
+            self._land(*self._in_flight.pop(0))
+        self._in_flight.append((pending, parts))
+        self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
+
+    def _land(self, pending: Pending | None, parts: list[tuple[int, torch.Tensor]]) -> None:
         if pending is not None:
             pending.wait()
-        self.accumulators.land(gi, out)
+        for gi, reduced in parts:
+            self.accumulators.land(gi, reduced)
 
     def finish_backward(self) -> None:
         """Reduce what is still pending; called once at the end of each backward."""
@@ -197,11 +242,13 @@ class GradReducer:
         for gi in pending_groups:
             if gi in self._bucket or self.comm.world_size > 1:
                 self._reduce(gi)
+        self._issue()
         self.wait_all()
         self._reduced.clear()
 
     def wait_all(self) -> None:
         """Land every reduction in flight into the accumulators."""
+        self._issue()
         while self._in_flight:
             self._land(*self._in_flight.pop(0))
 
