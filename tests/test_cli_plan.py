@@ -160,3 +160,20 @@ def test_hf_config_plans(tmp_path, capsys):
     assert rc == 0
     model = json.loads(out)["model"]
     assert (model["hidden_size"], model["num_layers"], model["seq_len"]) == (64, 2, 128)
+
+
+def test_bench_saves_the_rates_plan_then_uses(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TIERMEM_CACHE_DIR", str(tmp_path / "cache"))
+    bench = ["bench", str(tmp_path), "--size", "4M", "--block-sizes", "1M"]
+    assert cli.main([*bench, "--queue-depths", "4", "--backends", "threads", "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)["best"]
+    rc, out, _ = run(
+        capsys, "--model", "tiny", "--no-measure", "--json", "--nvme-path", str(tmp_path)
+    )
+    assert rc == 0
+    machine = json.loads(out)["machine"]
+    assert machine["rates"]["nvme_read_bytes_per_s"] == pytest.approx(best["read_gbps"] * 1e9)
+    assert (
+        machine["sources"]["nvme"]
+        == f"tiermem bench result {tmp_path / 'cache' / 'bench-last.json'}"
+    )
