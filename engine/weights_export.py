@@ -47,6 +47,8 @@ from typing import Any
 
 import torch
 
+# [Note: the checkpoint loader's range reader (_fill over _Readers) and its choice of
+#  param vs fp32 master (_param_source), reused so export and load read alike.]
 from tiermem.engine.checkpoint import _fill, _param_source, _Readers
 from tiermem.engine.checkpoint_format import (
     CheckpointError,

@@ -39,6 +39,9 @@ from typing import Any
 
 import torch
 
+# [Note: the checkpoint loader's own helpers (collective error flags, shard pieces, Adam
+#  step counts), reused rather than copied: an import is a checkpoint load with moments
+#  zero and values from another file format.]
 from tiermem.engine.checkpoint import _all_ok, _group_steps, _pieces, persistent_buffers
 from tiermem.engine.checkpoint_format import CheckpointError
 from tiermem.engine.checkpoint_state import CHUNK_ELEMENTS, optimizer_access
