@@ -12,6 +12,13 @@ Prefetch: the first forward and the first backward record the order in
 which groups are first needed; later passes start gathering the next groups
 in that order (up to ``prefetch_numel`` elements ahead) whenever one is
 acquired.
+
+[Note: with activation checkpointing a module's forward runs again inside
+backward (the recompute), so its pre-forward hook fires during backward.
+There it notes and prefetches along the *backward* trace: the forward
+trace's next groups belong to blocks backward has already finished, which
+would stay gathered, fetched from their tier, until the end of backward
+(memory growing with the number of layers).]
 """
 
 from __future__ import annotations
@@ -30,12 +37,25 @@ __all__ = ["ParamScheduler"]
 
 
 class _Trace:
-    """The order in which groups were first needed in one kind of pass."""
+    """The order in which groups were first needed in one kind of pass, and how far the
+    current pass has got in it.
+
+    [Note: prefetch looks ahead from the furthest position the pass has reached,
+    not from the group being acquired: a group used a second time (a tied
+    embedding, a layer used in the recompute and again in its own backward)
+    would otherwise gather again groups the pass has already finished with,
+    which then stay gathered until the pass ends.]
+    """
 
     def __init__(self) -> None:
         self.order: list[int] = []
         self.position: dict[int, int] = {}
         self.recorded = False
+        self.reached = -1  # furthest position acquired in the current pass
+
+    def restart(self) -> None:
+        """A new pass begins at the start of the order."""
+        self.reached = -1
 
     def note(self, gi: int) -> None:
         if not self.recorded and gi not in self.position:
@@ -43,9 +63,11 @@ class _Trace:
             self.order.append(gi)
 
     def after(self, gi: int) -> list[int]:
+        """The groups still to come once ``gi`` is acquired (empty while recording)."""
         if not self.recorded or gi not in self.position:
             return []
-        return self.order[self.position[gi] + 1 :]
+        self.reached = max(self.reached, self.position[gi])
+        return self.order[self.reached + 1 :]
 
 
 class ParamScheduler:
@@ -67,6 +89,7 @@ class ParamScheduler:
         self.forward_trace = _Trace()
         self.backward_trace = _Trace()
         self._backward_refs: Counter[int] = Counter()
+        self._in_backward = False  # from the first backward hook to finish_backward
         self._handles = []
         self.backward_pass = backward_pass
         backward_pass.add_finisher(self.finish_backward)
@@ -101,10 +124,11 @@ class ParamScheduler:
 
     # -- forward --------------------------------------------------------------------------
     def _pre_forward(self, module: nn.Module, _args) -> None:
+        trace = self.backward_trace if self._in_backward else self.forward_trace
         for gi in self.module_uses[module]:
-            self.forward_trace.note(gi)
+            trace.note(gi)
             self.groups[gi].acquire()
-            self._prefetch_after(gi, self.forward_trace)
+            self._prefetch_after(gi, trace)
 
     def _post_forward(self, module: nn.Module, _args, output) -> None:
         uses = self.module_uses[module]
@@ -121,11 +145,13 @@ class ParamScheduler:
 
     def _post_root_forward(self, _module: nn.Module, _args, _output) -> None:
         self.forward_trace.recorded = True
+        self.forward_trace.restart()
         self.free_unused()
 
     # -- backward -------------------------------------------------------------------------
     def _pre_backward(self, module: nn.Module) -> None:
         self.backward_pass.touch()
+        self._in_backward = True
         for gi in self.module_uses[module]:
             self.backward_trace.note(gi)
             self.groups[gi].acquire()
@@ -141,7 +167,9 @@ class ParamScheduler:
         """End of a backward pass: release what backward still holds, drop stray prefetches."""
         for gi in list(self._backward_refs):
             self.on_reduced(gi)
+        self._in_backward = False
         self.backward_trace.recorded = True
+        self.backward_trace.restart()
         self.free_unused()
 
     def free_unused(self) -> None:
