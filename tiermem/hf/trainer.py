@@ -26,7 +26,8 @@ What changes against the plain Trainer, hook by hook (transformers 5.24):
 * ``training_step`` calls ``engine.backward``; the Trainer's loop then calls the
   engine optimizer's ``step`` (which clips to ``gradient_clipping``, i.e.
   ``max_grad_norm``, and skips fp16 overflow steps) and ``zero_grad``; the
-  pre-step gradient norm is therefore not logged;
+  pre-step gradient norm is therefore not logged, and the LR scheduler still
+  steps after an fp16 step the engine skipped (the Trainer cannot tell);
 * checkpoints: ``checkpoint-N/tiermem/`` holds the engine's checkpoint (weights,
   fp32 master weights, Adam moments, counters, loss scale, every rank's RNG
   states, safetensors + JSON, atomic), with the Trainer's LR scheduler state as
