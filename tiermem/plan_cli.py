@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from tiermem.cli import EXIT_FAILURE, EXIT_OK, CliError, UsageError
+from tiermem.cli import _human_bytes as _b
 
 __all__ = ["add_plan", "run_plan"]
 
@@ -275,14 +276,6 @@ def run_plan(args) -> int:
             raise CliError(f"tiermem plan: --write: {args.write}: {exc.strerror or exc}") from exc
         print(f"tiermem plan: wrote {os.fspath(args.write)}", file=sys.stderr)
     return EXIT_OK
-
-
-def _b(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def _seconds(s: float) -> str:

@@ -318,11 +318,11 @@ def _tiers(shape: ModelShape, s: PlanSettings, p: Placement) -> tuple[dict, dict
     if p.uses_nvme:
         budget = _store_budget(shape, s, p)
         host["offload buffers (store host budget)"] = budget
-        pinned += budget
+        pinned += budget if s.pin_memory else 0
         # [Note: the store writes a dirty copy to a new extent and frees the old one
         #  when the write completes, so up to its host budget is on disk twice.]
         nvme["write-back headroom (copy-on-write extents)"] = budget
-    elif p.optimizer_device == "cpu":
+    elif p.optimizer_device == "cpu" and s.pin_memory:
         pinned += 12 * n  # HostShardOptimizer pins its states on CUDA machines
     if s.model_built_on_host:
         # [Note: a model built outside tiermem.init_context exists whole, in fp32, in
