@@ -271,13 +271,13 @@ class StreamingModel:
         self._units = self._build_units(module, cfg.units)
         self._records = list({id(r): r for u in self._units for r in u.params}.values())
         self._layout()
-        self._check_budgets()
         self._hooks: list[Any] = []
         self._closed = False
         self.store = TensorStore(cfg.store)
         self._fetch_seconds = 0.0
         self.report: InferenceReport | None = None
         try:
+            self._check_budgets()
             self.device = self._compute_device()
             self._load_weights()
             module.to(self.device)
@@ -366,10 +366,9 @@ class StreamingModel:
 
     def _check_budgets(self) -> None:
         """Refuse budgets that cannot hold what must be resident at once."""
-        from tiermem.buffers import ALIGNMENT, round_up
 
-        def footprint(names: Sequence[str]) -> int:
-            return sum(round_up(max(self._nbytes(n), 1), ALIGNMENT) for n in names)
+        def footprint(names: Sequence[str], tier: TierKind = TierKind.HOST) -> int:
+            return sum(self.store.tier(tier).footprint(self._nbytes(n)) for n in names)
 
         store = self.cfg.store
         total = footprint(list(self._tensor_sizes))
@@ -384,11 +383,11 @@ class StreamingModel:
             tiers.append(TierKind.HOST)  # NVMe -> device loads are staged in host memory
         for unit in self._units:
             names = list(dict.fromkeys(n for u in [*unit.ancestors, unit] for n in u.tensors))
-            need = footprint(names)
-            own = footprint(unit.tensors)
             for tier in tiers:
                 if tier is self.home:
                     continue
+                need = footprint(names, tier)
+                own = footprint(unit.tensors, tier)
                 budget = store.device_bytes if tier is TierKind.DEVICE else store.host_bytes
                 if need > budget:
                     field_name = "device_bytes" if tier is TierKind.DEVICE else "host_bytes"
