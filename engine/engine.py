@@ -243,6 +243,7 @@ class TiermemEngine:
                 self._module_uses,
                 backward_pass=self.backward_pass,
                 prefetch_numel=zero.prefetch_bucket_size,
+                max_live_numel=zero.max_live_parameters,
             )
             self.reducer.on_reduced = self.param_scheduler.on_reduced
 

@@ -81,11 +81,21 @@ class ParamScheduler:
         *,
         backward_pass: BackwardPass,
         prefetch_numel: int,
+        max_live_numel: int = 1_000_000_000,
     ) -> None:
         self.root = root
         self.groups = list(groups)
         self.module_uses = dict(module_uses)
         self.prefetch_numel = int(prefetch_numel)
+        # [Note: stage3_max_live_parameters bounds what prefetch may gather: a group
+        #  is prefetched only while the gathered (non-persistent) groups, it
+        #  included, stay within the bound. Groups a module needs now are gathered
+        #  regardless, so the elements gathered at once never exceed
+        #  max(max_live_numel, what the running modules need together).]
+        self.max_live_numel = int(max_live_numel)
+        self._live: set[int] = set()  # groups gathered through this scheduler, maybe freed since
+        #: most non-persistent group elements gathered (or gathering) at once, for tests
+        self.peak_live_numel = 0
         self.forward_trace = _Trace()
         self.backward_trace = _Trace()
         self._backward_refs: Counter[int] = Counter()
@@ -108,19 +118,33 @@ class ParamScheduler:
         self._handles.clear()
 
     # -- prefetch -------------------------------------------------------------------------
+    def _live_numel(self) -> int:
+        """Elements of the non-persistent groups gathered or gathering now."""
+        self._live = {
+            gi
+            for gi in self._live
+            if self.groups[gi].state is not GroupState.SHARDED and not self.groups[gi].persistent
+        }
+        return sum(self.groups[gi].layout.numel for gi in self._live)
+
     def _prefetch_after(self, gi: int, trace: _Trace) -> None:
+        self._live.add(gi)
+        live = self._live_numel()
         budget = self.prefetch_numel
-        if budget <= 0:
-            return
-        for nxt in trace.after(gi):
-            group = self.groups[nxt]
-            if group.state is GroupState.SHARDED:
-                if group.layout.numel > budget:
+        if budget > 0:
+            for nxt in trace.after(gi):
+                group = self.groups[nxt]
+                if group.state is GroupState.SHARDED:
+                    size = group.layout.numel
+                    if size > budget or live + size > self.max_live_numel:
+                        break
+                    group.prefetch()
+                    self._live.add(nxt)
+                    live += 0 if group.persistent else size
+                budget -= group.layout.numel
+                if budget <= 0:
                     break
-                group.prefetch()
-            budget -= group.layout.numel
-            if budget <= 0:
-                break
+        self.peak_live_numel = max(self.peak_live_numel, live)
 
     # -- forward --------------------------------------------------------------------------
     def _pre_forward(self, module: nn.Module, _args) -> None:
