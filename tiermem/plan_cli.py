@@ -13,12 +13,11 @@ import os
 import sys
 from pathlib import Path
 
-from tiermem.cli import EXIT_FAILURE, EXIT_OK, CliError, UsageError
+from tiermem.cli import _MODEL_PRESETS, EXIT_FAILURE, EXIT_OK, CliError, UsageError, _positive_int
 from tiermem.cli import _human_bytes as _b
 
 __all__ = ["add_plan", "run_plan"]
 
-_MODEL_PRESETS = ("tiny", "small", "125m", "350m", "1b", "7b")  # tiermem.train.models.PRESETS
 _DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2}
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 
@@ -34,16 +33,6 @@ def _count(text: str) -> int:
     if value < 1 or value != value:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
     return int(value)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _rate(text: str) -> float:
@@ -91,22 +80,27 @@ def add_plan(sub) -> None:
     model.add_argument(
         "--hf-config", type=Path, default=None, metavar="FILE", help="a Hugging Face config.json"
     )
-    p.add_argument("--hidden", type=_positive, default=None, help="hidden size (with --params)")
-    p.add_argument("--layers", type=_positive, default=None, help="layer count (with --params)")
+    p.add_argument("--hidden", type=_positive_int, default=None, help="hidden size (with --params)")
+    p.add_argument("--layers", type=_positive_int, default=None, help="layer count (with --params)")
     p.add_argument(
-        "--vocab", type=_positive, default=None, help="vocabulary (with --params; 50304)"
+        "--vocab", type=_positive_int, default=None, help="vocabulary (with --params; 50304)"
     )
     p.add_argument(
-        "--seq-len", type=_positive, default=None, help="tokens per sequence (default: the model's)"
+        "--seq-len",
+        type=_positive_int,
+        default=None,
+        help="tokens per sequence (default: the model's)",
     )
-    p.add_argument("--micro-batch", type=_positive, default=1, help="sequences per micro-batch (1)")
-    p.add_argument("--grad-accum", type=_positive, default=1, help="micro-batches per step (1)")
+    p.add_argument(
+        "--micro-batch", type=_positive_int, default=1, help="sequences per micro-batch (1)"
+    )
+    p.add_argument("--grad-accum", type=_positive_int, default=1, help="micro-batches per step (1)")
     p.add_argument(
         "--init-context",
         action="store_true",
         help="the model is built inside tiermem.init_context (never whole in host memory)",
     )
-    p.add_argument("--world-size", type=_positive, default=1, help="ranks (1)")
+    p.add_argument("--world-size", type=_positive_int, default=1, help="ranks (1)")
     p.add_argument(
         "--dtype",
         choices=tuple(_DTYPES),
