@@ -128,7 +128,8 @@ class HostBufferPool:
     """Aligned host buffers within a byte budget.
 
     Args:
-        budget_bytes: the most bytes handed out at once (rounded to 4 KiB each).
+        budget_bytes: the most bytes mapped at once (rounded to 4 KiB each): those
+            handed out plus released ones kept for reuse.
         lock: mlock the pages (fails softly: see :attr:`lock_error`).
         pin: register with CUDA as pinned memory: ``"auto"`` when CUDA is
             available, ``True`` to require it, ``False`` never.
@@ -194,6 +195,7 @@ class HostBufferPool:
             if mem is not None:
                 self._cached_bytes -= capacity
         if mem is None:
+            self._drop_cached()
             try:
                 mem = self._map(capacity)
             except BaseException:
@@ -202,11 +204,28 @@ class HostBufferPool:
                 raise
         return HostBuffer(self, mem, nbytes, capacity)
 
+    def _drop_cached(self) -> None:
+        """Unmap cached buffers until those in use (counting the one being mapped) and the
+        cached ones fit in the budget together.
+
+        [Note: released memory stays resident while it is cached, so the cache
+        shares the budget with the buffers in use: a pool whose sizes change
+        (the store pages tensors of many sizes) would otherwise keep up to
+        twice its budget resident.]
+        """
+        with self._mutex:
+            for size in list(self._cached):
+                cached = self._cached[size]
+                while cached and self._in_use + self._cached_bytes > self.budget_bytes:
+                    cached.pop()
+                    self._cached_bytes -= size
+                if not cached:
+                    del self._cached[size]
+
     def _give_back(self, buf: HostBuffer) -> None:
         with self._mutex:
             self._in_use -= buf.capacity
-            # Cached memory counts against the budget's headroom, not the budget.
-            if self._cached_bytes + buf.capacity <= self.budget_bytes:
+            if self._in_use + self._cached_bytes + buf.capacity <= self.budget_bytes:
                 self._cached[buf.capacity].append(buf._mem)
                 self._cached_bytes += buf.capacity
         buf._mem = None
