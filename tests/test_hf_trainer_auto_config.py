@@ -9,32 +9,10 @@ import warnings
 
 import pytest
 from hf_helpers import tiermem_trainer, training_args
+from test_engine_config_auto import HF_STYLE  # the config the Hugging Face docs show
 
 from tiermem.engine.config import ConfigError
 from tiermem.hf import resolve_trainer_config
-
-HF_STYLE = {
-    "train_batch_size": "auto",
-    "train_micro_batch_size_per_gpu": "auto",
-    "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto",
-    "optimizer": {
-        "type": "AdamW",
-        "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
-    },
-    "scheduler": {
-        "type": "WarmupDecayLR",
-        "params": {
-            "warmup_min_lr": "auto",
-            "warmup_max_lr": "auto",
-            "warmup_num_steps": "auto",
-            "total_num_steps": "auto",
-        },
-    },
-    "fp16": {"enabled": "auto"},
-    "bf16": {"enabled": "auto"},
-    "zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"},
-}
 
 ARGS = dict(
     per_device_train_batch_size=5,

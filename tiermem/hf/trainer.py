@@ -112,6 +112,8 @@ class _ManagedModel:
         self.engine.zero_grad()
 
     def __getattr__(self, name: str) -> Any:
+        if name == "engine":  # not set yet (copy/pickle build the object without __init__)
+            raise AttributeError(name)
         return getattr(self.engine.module, name)
 
 
