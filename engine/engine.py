@@ -178,10 +178,18 @@ class TiermemEngine:
         self.activation_checkpointing = ActivationCheckpointing(
             cpu_checkpointing=settings.cpu_checkpointing
         )
-        self._build_groups(init_context)
-        self._build_grad_path()
-        self._build_optimizer(client_optimizer)
-        self.lr_scheduler = self._build_lr_scheduler(lr_scheduler)
+        try:
+            self._build_groups(init_context)
+            self._build_grad_path()
+            self._build_optimizer(client_optimizer)
+            self.lr_scheduler = self._build_lr_scheduler(lr_scheduler)
+        except BaseException:
+            # [Note: a failed start (a full swap disk) closes the stores it opened
+            #  now, removing their scratch files, instead of whenever the engine
+            #  is collected (the exception's traceback keeps it alive).]
+            for store in getattr(getattr(self, "placements", None), "stores", ()):
+                store.close()
+            raise
 
     # -- construction ---------------------------------------------------------------------
     def _prepare_buffers(self) -> None:
