@@ -61,6 +61,7 @@ from tiermem.engine.checkpoint_format import (
     validate_tag,
     verify_files,
     write_manifest,
+    writing,
 )
 from tiermem.engine.checkpoint_state import (
     CHUNK_ELEMENTS,
@@ -268,7 +269,7 @@ def _write_rank_file(engine: Any, path: Path, plan: _RankPlan, access: Any) -> A
 
 def _write_json_synced(path: Path, obj: Any) -> None:
     data = json.dumps(obj, sort_keys=True).encode()
-    with open(path, "xb") as f:
+    with writing(path), open(path, "xb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

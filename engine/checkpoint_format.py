@@ -35,6 +35,7 @@ state come back bit for bit.]
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import errno
 import json
@@ -44,7 +45,7 @@ import re
 import shutil
 import struct
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,18 @@ def _fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an OSError that names no file (``f.write`` on a full disk) as one
+    naming ``path``, so a failed save says which file could not be written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, f"{exc.strerror or exc}: writing {path}", str(path)) from exc
+
+
 class SafetensorsWriter:
     """Writes one safetensors file front to back, one tensor at a time.
 
@@ -216,7 +229,8 @@ class SafetensorsWriter:
         self._size = len(prefix)
         self._file = open(self.path, "xb")  # noqa: SIM115 - closed in close()
         try:
-            self._file.write(prefix)
+            with writing(self.path):
+                self._file.write(prefix)
         except BaseException:
             self._file.close()
             raise
@@ -240,7 +254,8 @@ class SafetensorsWriter:
             )
         data = _byte_view(tensor.detach().to("cpu").contiguous())
         self._crc = crc32c(data, self._crc)
-        self._file.write(memoryview(data))
+        with writing(self.path):
+            self._file.write(memoryview(data))
         self._size += data.nbytes
         self._next += 1
 
@@ -249,9 +264,10 @@ class SafetensorsWriter:
         if self._next != len(self._entries):
             missing = self._entries[self._next].key
             raise CheckpointError(f"{self.path.name}: tensor {missing!r} was never written")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        with writing(self.path):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
         return FileRecord(self.path.name, self._size, self._crc)
 
 
@@ -412,7 +428,7 @@ def decode_bytes(text: str) -> bytes:
 
 
 def _write_file_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
+    with writing(path), open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
