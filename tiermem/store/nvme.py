@@ -200,6 +200,20 @@ def make_private_dir(path: Path) -> None:
         raise StoreError(f"swap path {path} exists and is not a directory")
 
 
+def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that never follows a symlink as the last component (StoreError if one is
+    there: a swap, table or lock file that is a symlink was not made by tiermem)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno_mod.ELOOP:
+            raise StoreError(
+                f"{path} is a symlink; tiermem never follows symlinks to its swap, table or "
+                "lock files (remove it)"
+            ) from None
+        raise
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -234,7 +248,7 @@ def lock_directory(directory: Path) -> int:
     not yet locked it.]
     """
     path = directory / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
     try:
         if not _try_lock(fd):
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
@@ -254,8 +268,9 @@ def lock_directory(directory: Path) -> int:
 def remove_stale_files(directory: Path) -> list[Path]:
     """Remove scratch swap files of dead processes in ``directory``.
 
-    A file is stale when the pid in its name is not alive and no process holds
-    its lock (so a reused pid's live store is never touched).
+    A file is stale when the pid in its name is not alive, no process holds
+    its lock (so a reused pid's live store is never touched) and it starts with
+    the swap header naming that pid (so only files tiermem made are removed).
     """
     removed = []
     try:
@@ -272,12 +287,28 @@ def remove_stale_files(directory: Path) -> list[Path]:
         except OSError:
             continue
         try:
-            if _try_lock(fd):
+            if _try_lock(fd) and _scratch_header_of(fd, int(m.group(1))):
                 path.unlink(missing_ok=True)
                 removed.append(path)
         finally:
             os.close(fd)
     return removed
+
+
+def _scratch_header_of(fd: int, pid: int) -> bool:
+    """Whether the open file starts with the header a scratch store of ``pid`` writes.
+
+    [Note: the name alone is not enough to delete a file: a file that merely
+    looks like ours (a user's, or one whose header was never written) is kept.]
+    """
+    head = os.pread(fd, HEADER_BYTES, 0)
+    if not head.startswith(SWAP_MAGIC):
+        return False
+    try:
+        meta = json.loads(head[len(SWAP_MAGIC) :].split(b"\n", 1)[0])
+    except ValueError:
+        return False
+    return isinstance(meta, dict) and meta.get("pid") == pid
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -296,7 +327,7 @@ def write_table_atomic(directory: Path, table: dict) -> Path:
     final = directory / TABLE_NAME
     tmp = directory / (TABLE_NAME + ".tmp")
     data = json.dumps(table, sort_keys=True).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         view = memoryview(data)
         while view:
@@ -313,9 +344,11 @@ def read_table(directory: Path) -> dict | None:
     """The committed table in ``directory``, None if there is none."""
     path = directory / TABLE_NAME
     try:
-        raw = path.read_bytes()
+        fd = open_nofollow(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    with os.fdopen(fd, "rb") as handle:
+        raw = handle.read()
     try:
         table = json.loads(raw)
     except ValueError as exc:
@@ -456,7 +489,7 @@ class NvmeTier:
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
         if self.persistent:
             path = directory / PERSISTENT_SWAP_NAME
-            fd = os.open(path, flags | (0 if self.table else os.O_CREAT), 0o600)
+            fd = open_nofollow(path, flags | (0 if self.table else os.O_CREAT))
         else:
             n = 0
             while True:
