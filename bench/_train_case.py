@@ -38,6 +38,29 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _proc_status() -> dict[str, int]:
+    """VmHWM (peak RSS), VmRSS and VmLck (mlock'ed) of this process, in bytes."""
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "VmLck"):
+                out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
+class _Checkpointed(torch.nn.Module):
+    """Runs ``block`` under the engine's activation checkpointing (recomputed in backward)."""
+
+    def __init__(self, block: torch.nn.Module, checkpoint) -> None:
+        super().__init__()
+        self.block = block
+        self._checkpoint = checkpoint
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._checkpoint(self.block, x)
+
+
 def _model(spec: dict) -> torch.nn.Module:
     from tiermem.train.models import GPT, GPTConfig
 
@@ -77,12 +100,15 @@ def tiermem_config(spec: dict, nvme_dir: Path) -> dict:
     opt = {"device": where}
     if where == "nvme":
         param["nvme_path"] = opt["nvme_path"] = str(nvme_dir)
+        param.update(spec.get("offload_param") or {})
+        opt.update(spec.get("offload_optimizer") or {})
     zero: dict[str, Any] = {
         "stage": 3,
         "offload_param": param,
         "offload_optimizer": opt,
         "sub_group_size": spec["sub_group_size"],
     }
+    zero.update(spec.get("zero_optimization") or {})
     cfg = {
         "train_micro_batch_size_per_gpu": spec["batch"],
         "gradient_accumulation_steps": 1,
@@ -93,6 +119,8 @@ def tiermem_config(spec: dict, nvme_dir: Path) -> dict:
     }
     if spec.get("aio"):
         cfg["aio"] = spec["aio"]
+    if spec.get("activation_checkpointing"):
+        cfg["activation_checkpointing"] = {"cpu_checkpointing": False}
     return cfg
 
 
@@ -221,6 +249,13 @@ def run_tiermem(spec: dict, nvme_dir: Path) -> dict:
         model = _model(spec)
     engine, _, _, _ = tiermem.initialize(model=model, config=cfg)
     init_seconds = time.perf_counter() - t0
+    if spec.get("activation_checkpointing"):
+        # [Note: wrapped after initialize(): the wrappers own no parameters, so the
+        #  engine's groups and hooks (on the blocks' layers) are unchanged.]
+        for i, block in enumerate(model.blocks):
+            model.blocks[i] = _Checkpointed(block, engine.checkpoint)
+    memory_after_init = _proc_status()
+    print(f"  init {init_seconds:.1f} s, memory {memory_after_init}", file=sys.stderr)
     stores = engine_stores(engine)
     n = spec["warmup"] + spec["steps"]
     batches = _batches(spec, n)
@@ -232,12 +267,22 @@ def run_tiermem(spec: dict, nvme_dir: Path) -> dict:
             row = {"step": i, "seconds": seconds, "phases": phases, "loss": loss}
             row.update(_delta(before, _store_totals(stores)))
             row["rss_bytes"] = _rss_bytes()
+            row["memory"] = _proc_status()
             steps.append(row)
-            print(f"  step {i}: {seconds:.3f} s {phases}", file=sys.stderr)
+            print(
+                f"  step {i}: {seconds:.3f} s {phases} moved {row['bytes_moved']} "
+                f"memory {row['memory']}",
+                file=sys.stderr,
+            )
         final = _store_totals(stores)
     finally:
         engine.close()
-    return {"init_seconds": init_seconds, "steps": steps, "store": final}
+    return {
+        "init_seconds": init_seconds,
+        "memory_after_init": memory_after_init,
+        "steps": steps,
+        "store": final,
+    }
 
 
 def run_deepspeed(spec: dict, nvme_dir: Path) -> dict:
@@ -292,6 +337,7 @@ def main(argv: list[str]) -> int:
         result["traceback"] = traceback.format_exc()
         print(result["traceback"], file=sys.stderr)
     result["peak_rss_bytes"] = _peak_rss_bytes()
+    result["memory"] = _proc_status()
     out_path.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
