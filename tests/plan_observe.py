@@ -81,7 +81,10 @@ def observe(
     )
     engine, _, _, _ = tiermem.initialize(model=model, config=config)
     gen = torch.Generator().manual_seed(1)
-    for _ in range(steps):
+    for step in range(steps):
+        if step == 1:  # the first step records the schedule; count the ones after it
+            for store in engine.placements.stores:
+                store.telemetry.reset()
         idx = torch.randint(0, VOCAB, (micro, seq + 1), generator=gen)
         loss = engine(idx[:, :-1], idx[:, 1:])
         engine.backward(loss)
@@ -104,9 +107,12 @@ def observe(
         observed["fp32 gradient accumulators"] = _nbytes(grads.tensors.values())
     store_stats = {}
     for store in engine.placements.stores:
+        moved = store.telemetry.snapshot()["bytes_moved"]
         store_stats = {
             "host": store.tier(TierKind.HOST).stats(),
             "nvme": store.tier(TierKind.NVME).stats(),
+            "nvme_read_per_step": moved.get("nvme->host", 0) / max(steps - 1, 1),
+            "nvme_write_per_step": moved.get("host->nvme", 0) / max(steps - 1, 1),
         }
     engine.close()
     return {

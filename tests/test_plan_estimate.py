@@ -63,7 +63,7 @@ def test_step_time_from_the_rates():
     parts = e.time_parts
     assert parts["compute"] == pytest.approx(6 * n * 2048 / 1e14)
     assert parts["nvme_params"] == pytest.approx(2 * b * n / 2e9 + b * n / 1e9)
-    assert parts["nvme_optimizer"] == pytest.approx(16 * n / 2e9 + 16 * n / 1e9)
+    assert parts["nvme_optimizer"] == pytest.approx(20 * n / 2e9 + 16 * n / 1e9)
     assert parts["optimizer"] == pytest.approx((16 + 12 + b) * n / 1e10)
     assert e.serial_seconds == pytest.approx(sum(parts.values()))
     overlapped = max(parts["compute"] + parts["host_device_copies"], parts["nvme_params"])

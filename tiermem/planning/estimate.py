@@ -31,7 +31,11 @@ rate, for one optimizer step of ``gradient_accumulation_steps`` micro-batches:
 compute ``6 x params x tokens`` (8 with checkpointing: the forward runs twice),
 host<->device copies (CUDA only), NVMe reads and writes, and the optimizer
 pass (``16 + 12 + dtype_bytes`` bytes per parameter read and written, over
-memory bandwidth). ``serial_seconds`` adds them; ``seconds`` assumes what the
+memory bandwidth). NVMe traffic assumes nothing is reused from the store's
+host buffers between uses, so it is an upper bound: on the bench GPT of
+``bench/results/train.json`` (67M parameters, both on NVMe) it predicts 1.35 GB
+read and 1.21 GB written a step where the store moved 0.64 and 0.98 GB.
+``serial_seconds`` adds them; ``seconds`` assumes what the
 engine overlaps is hidden (parameter I/O under compute, optimizer I/O under
 the Adam pass), so it is the one to expect from a good run.
 """
@@ -186,6 +190,7 @@ class PlacementEstimate:
     serial_seconds: float
     time_parts: dict[str, float]
     needed: dict[str, int]
+    nvme_bytes_per_step: dict[str, int]
 
     def device_total(self, *, checkpointing: bool) -> int:
         """Device bytes of a step, activations and overhead included."""
@@ -218,6 +223,7 @@ class PlacementEstimate:
             "step_seconds": self.seconds,
             "step_seconds_serial": self.serial_seconds,
             "step_time_parts": dict(self.time_parts),
+            "nvme_bytes_per_step": dict(self.nvme_bytes_per_step),
         }
 
 
@@ -343,7 +349,7 @@ def _runtime_bytes(machine: MachineFacts, s: PlanSettings) -> int:
 
 def _step_time(
     shape: ModelShape, s: PlanSettings, p: Placement, machine: MachineFacts, checkpointing: bool
-) -> tuple[float, float, dict[str, float]]:
+) -> tuple[float, float, dict[str, float], dict[str, int]]:
     b = s.dtype_bytes
     n = sum(_shards(shape, s.world_size))
     gas = s.gradient_accumulation_steps
@@ -362,7 +368,9 @@ def _step_time(
     if p.param_device == "nvme":
         param_read, param_write = 2 * b * n * gas, b * n
     if p.optimizer_device == "nvme":
-        opt_read = 12 * n + 4 * n * gas  # states, and the accumulators (read back to add)
+        # states; the accumulators are fetched for every micro-batch's landing (the
+        # store reads even the first, which overwrites) and again by the step
+        opt_read = 12 * n + 4 * n * (gas + 1)
         opt_write = 12 * n + 4 * n * gas
     param_io = param_read / machine.nvme_read_bps + param_write / machine.nvme_write_bps
     opt_io = opt_read / machine.nvme_read_bps + opt_write / machine.nvme_write_bps
@@ -377,7 +385,8 @@ def _step_time(
     }
     serial = sum(parts.values())
     overlapped = max(compute + copies, param_io) + max(adam, opt_io)
-    return overlapped, serial, parts
+    traffic = {"nvme_read": param_read + opt_read, "nvme_write": param_write + opt_write}
+    return overlapped, serial, parts, traffic
 
 
 def estimate(
@@ -442,7 +451,7 @@ def estimate(
         reasons = tuple(ckpt)
     else:
         reasons = tuple(f"without activation checkpointing: {r}" for r in plain)
-    seconds, serial, parts = _step_time(shape, s, placement, machine, needs_ckpt)
+    seconds, serial, parts, traffic = _step_time(shape, s, placement, machine, needs_ckpt)
     return PlacementEstimate(
         placement=placement,
         device=TierBytes(items=device),
@@ -459,6 +468,7 @@ def estimate(
         seconds=seconds,
         serial_seconds=serial,
         time_parts=parts,
+        nvme_bytes_per_step=traffic,
     )
 
 
