@@ -105,6 +105,7 @@ def initialize(
         client_optimizer=client,
         lr_scheduler=lr_scheduler,
         init_context=built_in,
+        model_parameters=model_parameters,
     )
     loader = None
     if training_data is not None:

@@ -111,14 +111,8 @@ def _hyper_from_client(client: torch.optim.Optimizer) -> OptimizerSettings:
             f"torch.optim.AdamW or tiermem.CPUAdam (got {type(client).__name__}), "
             'or configure "optimizer" in the config'
         )
-    keys = ("lr", "betas", "eps", "weight_decay")
     first = client.param_groups[0]
-    for group in client.param_groups[1:]:
-        if any(group[k] != first[k] for k in keys):
-            raise NotImplementedError(
-                "optimizer: param groups with different hyperparameters are not supported yet"
-            )
-    if first.get("amsgrad") or first.get("maximize"):
+    if any(group.get("amsgrad") or group.get("maximize") for group in client.param_groups):
         raise ValueError("optimizer: amsgrad and maximize are not supported")
     adamw = isinstance(client, torch.optim.AdamW) or bool(first.get("decoupled_weight_decay"))
     return OptimizerSettings(
@@ -154,6 +148,7 @@ class TiermemEngine:
         client_optimizer: torch.optim.Optimizer | None = None,
         lr_scheduler: Any = None,
         init_context: Any = None,
+        model_parameters: Any = None,
     ) -> None:
         self.settings = settings
         self.comm = comm if comm is not None else Communicator()
@@ -181,7 +176,7 @@ class TiermemEngine:
         try:
             self._build_groups(init_context)
             self._build_grad_path()
-            self._build_optimizer(client_optimizer)
+            self._build_optimizer(client_optimizer, model_parameters)
             self.lr_scheduler = self._build_lr_scheduler(lr_scheduler)
         except BaseException:
             # [Note: a failed start (a full swap disk) closes the stores it opened
@@ -255,9 +250,12 @@ class TiermemEngine:
             )
             self.reducer.on_reduced = self.param_scheduler.on_reduced
 
-    def _build_optimizer(self, client: torch.optim.Optimizer | None) -> None:
+    def _build_optimizer(self, client: torch.optim.Optimizer | None, model_parameters: Any) -> None:
+        """The ZeroOptimizer: the client's param groups, else ``model_parameters``' dicts (their
+        own hyperparameters over the config's), else one group of every trainable parameter."""
         hp = self._hyper_settings
         trainable = [p for g in self.groups if g.trainable for p in g.params]
+        self._segments: dict[int, tuple[tuple[int, int, int], ...]] = {}
         if hp is None:
             self.optimizer = None
             return
@@ -265,7 +263,51 @@ class TiermemEngine:
             raise ValueError("the model has no parameter that requires grad")
         defaults = dict(lr=hp.lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
         shared = client.param_groups if client is not None else None
-        self.optimizer = ZeroOptimizer(trainable, defaults, engine=self, shared_param_groups=shared)
+        params: list[Any] = trainable
+        if client is None and model_parameters is not None:
+            dicts = [item for item in model_parameters if isinstance(item, dict)]
+            if dicts and len(dicts) == len(model_parameters):
+                params = [
+                    {**d, "params": [p for p in d["params"] if p.requires_grad]} for d in dicts
+                ]
+        self.optimizer = ZeroOptimizer(params, defaults, engine=self, shared_param_groups=shared)
+        if len(self.optimizer.param_groups) > 1:
+            self._segments = self._hyper_segments()
+
+    def _hyper_segments(self) -> dict[int, tuple[tuple[int, int, int], ...]]:
+        """Per trainable group: ``(lo, hi, param_group_index)`` ranges covering its shard.
+
+        [Note: a module's parameters share one flat group, but a user's param
+        groups may split them (weight decay on weights, none on biases), so the
+        optimizer step runs each range of a shard with its own param group's
+        hyperparameters. A parameter in no param group (a client optimizer
+        built on a subset) follows the first group; padding the one before it.]
+        """
+        owner = {id(p): i for i, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
+        out = {}
+        for group in self.groups:
+            if not group.trainable:
+                continue
+            lay = group.layout
+            pieces: list[list[int]] = []
+            for slot, param in zip(lay.slots, group.params, strict=True):
+                lo = max(slot.offset, lay.shard_start) - lay.shard_start
+                hi = min(slot.offset + slot.numel, lay.shard_end) - lay.shard_start
+                if lo >= hi:
+                    continue
+                index = owner.get(id(param), 0)
+                if pieces and pieces[-1][2] == index:
+                    pieces[-1][1] = hi
+                else:
+                    pieces.append([lo, hi, index])
+            if not pieces:
+                pieces = [[0, lay.shard_numel, 0]]
+            pieces[0][0] = 0  # cover the padding: each range runs to where the next starts
+            for before, after in zip(pieces, pieces[1:], strict=False):
+                before[1] = after[0]
+            pieces[-1][1] = lay.shard_numel
+            out[group.index] = tuple((lo, hi, index) for lo, hi, index in pieces)
+        return out
 
     def _build_lr_scheduler(self, lr_scheduler: Any) -> Any:
         if lr_scheduler is not None:
@@ -373,8 +415,8 @@ class TiermemEngine:
             for param in group.params:
                 param.grad = None
 
-    def _hyper(self) -> AdamHyper:
-        group = self.optimizer.param_groups[0]
+    def _hyper(self, param_group: int = 0) -> AdamHyper:
+        group = self.optimizer.param_groups[param_group]
         hp = self._hyper_settings
         return AdamHyper(
             lr=float(group["lr"]),
@@ -416,6 +458,7 @@ class TiermemEngine:
             if clip > 0:
                 clip_coef = min(1.0, clip / (norm + 1e-6))
         items = []
+        hypers = [self._hyper(i) for i in range(len(self.optimizer.param_groups))]
         for gi in keys:
             self._group_steps[gi] = self._group_steps.get(gi, 0) + 1
             group = self.groups[gi]
@@ -427,9 +470,10 @@ class TiermemEngine:
                     group.update_target,
                     group.after_update,
                     self._group_steps[gi],
+                    tuple((lo, hi, hypers[i]) for lo, hi, i in self._segments.get(gi, ())),
                 )
             )
-        self.shard_optimizer.step(items, self._hyper(), grad_scale=inv_scale * clip_coef)
+        self.shard_optimizer.step(items, hypers[0], grad_scale=inv_scale * clip_coef)
         self.loss_scaler.update(False)
         self.global_steps += 1
         self.global_samples += self.settings.train_batch_size

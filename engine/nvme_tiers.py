@@ -35,6 +35,7 @@ from tiermem.engine.optimizer_step import (
     _host_grad,
     _HostTarget,
     _kernel,
+    split_by_hyper,
 )
 from tiermem.engine.param_home import ParamHome
 from tiermem.store import FetchHandle, StoreConfig, TensorStore, TierKind
@@ -204,15 +205,16 @@ class NvmeShardOptimizer(ShardOptimizer):
                 grads[item.key] = _host_grad(item.open_grad())
             packed = current.wait()
             n = hi - lo
-            states = (packed[:n], packed[n : 2 * n], packed[2 * n :])
-            _kernel(
-                states,
-                grads[item.key][lo:hi],
-                out[lo:hi],
-                hyper,
-                step=item.step,
-                grad_scale=grad_scale,
-            )
+            master, m, v = packed[:n], packed[n : 2 * n], packed[2 * n :]
+            for a, b, hp in split_by_hyper(item, hyper, lo, hi):
+                _kernel(
+                    (master[a - lo : b - lo], m[a - lo : b - lo], v[a - lo : b - lo]),
+                    grads[item.key][a:b],
+                    out[a:b],
+                    hp,
+                    step=item.step,
+                    grad_scale=grad_scale,
+                )
             self.store.release(self._name(item.key, index), dirty=True)  # written back async
             if index == len(self._chunks[item.key]) - 1:
                 target.__exit__(None, None, None)

@@ -35,19 +35,21 @@ __all__ = [
     "HostShardOptimizer",
     "ShardOptimizer",
     "StepItem",
+    "split_by_hyper",
 ]
 
 
 @dataclass(frozen=True, kw_only=True)
 class AdamHyper:
-    """Hyperparameters of one step (read from the optimizer's param group each step)."""
+    """Hyperparameters of one step (read from the optimizer's param group each step; no
+    defaults here: they come from the config or the user's optimizer)."""
 
     lr: float
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    adamw_mode: bool = True
-    bias_correction: bool = True
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    adamw_mode: bool
+    bias_correction: bool
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class StepItem:
     parameters into and ``close_target()`` publishes them; an optimizer opens
     one item's target at a time, just before it writes it, so a parameter tier
     on NVMe never has to hold every shard in memory at once.
+
+    ``segments`` gives hyperparameters per range ``[lo, hi)`` of the shard
+    (parameters of different optimizer param groups, e.g. no weight decay on
+    biases), covering it in order; empty means the step's ``hyper`` for all.
     """
 
     key: int
@@ -69,6 +75,20 @@ class StepItem:
     open_target: Callable[[], torch.Tensor]
     close_target: Callable[[], None]
     step: int = 1
+    segments: tuple[tuple[int, int, AdamHyper], ...] = ()
+
+
+def split_by_hyper(
+    item: StepItem, hyper: AdamHyper, lo: int, hi: int
+) -> list[tuple[int, int, AdamHyper]]:
+    """``[lo, hi)`` of ``item``'s shard cut where its hyperparameters change.
+
+    [Note: Adam is elementwise, so updating a sub-group piecewise with each
+    piece's hyperparameters is exactly updating every parameter with its own.]
+    """
+    if not item.segments:
+        return [(lo, hi, hyper)]
+    return [(max(lo, a), min(hi, b), h) for a, b, h in item.segments if max(lo, a) < min(hi, b)]
 
 
 class ShardOptimizer(ABC):
@@ -131,6 +151,12 @@ class DeviceShardOptimizer(ShardOptimizer):
     def step(self, items: Sequence[StepItem], hyper: AdamHyper, *, grad_scale: float) -> None:
         if not hyper.bias_correction:
             raise ValueError("the device optimizer needs bias_correction=True (torch's Adam)")
+        if any(len({h for _, _, h in item.segments}) > 1 for item in items):
+            raise NotImplementedError(
+                "optimizer param groups with different hyperparameters need the CPU Adam: "
+                'set "offload_optimizer": {"device": "cpu"} (or nvme)'
+            )
+        hyper = next((item.segments[0][2] for item in items if item.segments), hyper)
         opt = self._optimizer(hyper)
         group = opt.param_groups[0]
         group.update(lr=hyper.lr, betas=hyper.betas, eps=hyper.eps, weight_decay=hyper.weight_decay)
@@ -234,7 +260,7 @@ class HostShardOptimizer(ShardOptimizer):
 
     placement = "cpu"
 
-    def __init__(self, *, sub_group_size: int = 1_000_000_000, pin_memory: bool = False) -> None:
+    def __init__(self, *, sub_group_size: int, pin_memory: bool = False) -> None:
         if sub_group_size <= 0:
             raise ValueError(f"sub_group_size must be positive, got {sub_group_size}")
         self.sub_group_size = int(sub_group_size)
@@ -255,16 +281,16 @@ class HostShardOptimizer(ShardOptimizer):
             grad = _host_grad(item.open_grad())
             with _HostTarget(item) as out:
                 n, chunk = master.numel(), self.sub_group_size
-                for lo in range(0, n, chunk):
-                    hi = min(n, lo + chunk)
-                    _kernel(
-                        (master[lo:hi], m[lo:hi], v[lo:hi]),
-                        grad[lo:hi],
-                        out[lo:hi],
-                        hyper,
-                        step=item.step,
-                        grad_scale=grad_scale,
-                    )
+                for start in range(0, n, chunk):
+                    for lo, hi, hp in split_by_hyper(item, hyper, start, min(n, start + chunk)):
+                        _kernel(
+                            (master[lo:hi], m[lo:hi], v[lo:hi]),
+                            grad[lo:hi],
+                            out[lo:hi],
+                            hp,
+                            step=item.step,
+                            grad_scale=grad_scale,
+                        )
             item.close_grad()
 
     def state(self, key: int) -> dict[str, torch.Tensor]:
