@@ -32,9 +32,11 @@ compute ``6 x params x tokens`` (8 with checkpointing: the forward runs twice),
 host<->device copies (CUDA only), NVMe reads and writes, and the optimizer
 pass (``16 + 12 + dtype_bytes`` bytes per parameter read and written, over
 memory bandwidth). NVMe traffic assumes nothing is reused from the store's
-host buffers between uses, so it is an upper bound: on the bench GPT of
+host buffers between uses, so it is mostly an upper bound: on the bench GPT of
 ``bench/results/train.json`` (67M parameters, both on NVMe) it predicts 1.62 GB
-read and 1.21 GB written a step where the store moved 0.64 and 0.98 GB.
+read and 1.21 GB written a step where the store moved 0.64 and 0.98 GB. (A
+prefetch evicted before its use is read twice: the tiny preset's step once
+read 1.4x the prediction.)
 ``serial_seconds`` adds them; ``seconds`` assumes what the
 engine overlaps is hidden (parameter I/O under compute, optimizer I/O under
 the Adam pass), so it is the one to expect from a good run.
