@@ -4,12 +4,15 @@
 bad keys; this module narrows it to what each engine component needs
 (:class:`ZeroSettings`, :class:`~tiermem.engine.precision.PrecisionConfig`,
 :class:`OptimizerSettings`), so :func:`engine_settings` is the only engine
-code that knows the config's shape.]
+code that knows the config's shape. The records have no defaults of their
+own: every value comes from the config, whose sections
+(:mod:`tiermem.engine.config_sections`) are the one place a default is
+written.]
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tiermem.engine.precision import PrecisionConfig
@@ -21,34 +24,34 @@ __all__ = ["EngineSettings", "OptimizerSettings", "ZeroSettings", "engine_settin
 class OptimizerSettings:
     """The ``optimizer`` section: Adam or AdamW and its hyperparameters."""
 
-    type: str = "AdamW"
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    adamw_mode: bool = True
-    bias_correction: bool = True
+    type: str
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    adamw_mode: bool
+    bias_correction: bool
 
 
 @dataclass(frozen=True, kw_only=True)
 class ZeroSettings:
     """The ``zero_optimization`` section, as the engine uses it."""
 
-    stage: int = 0
-    offload_param: str = "none"
-    offload_optimizer: str = "none"
-    param_nvme_path: tuple[str, ...] = ()
-    optimizer_nvme_path: tuple[str, ...] = ()
-    pin_memory: bool = True
-    param_buffer_count: int = 5
-    param_buffer_size: int = 100_000_000
-    optimizer_buffer_count: int = 4
-    sub_group_size: int = 1_000_000_000
-    prefetch_bucket_size: int = 50_000_000
-    max_live_parameters: int = 1_000_000_000
-    param_persistence_threshold: int = 100_000
-    reduce_bucket_size: int = 500_000_000
-    overlap_comm: bool = True
+    stage: int
+    offload_param: str
+    offload_optimizer: str
+    param_nvme_path: tuple[str, ...]
+    optimizer_nvme_path: tuple[str, ...]
+    pin_memory: bool
+    param_buffer_count: int
+    param_buffer_size: int
+    optimizer_buffer_count: int
+    sub_group_size: int
+    prefetch_bucket_size: int
+    max_live_parameters: int
+    param_persistence_threshold: int
+    reduce_bucket_size: int
+    overlap_comm: bool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,14 +61,14 @@ class EngineSettings:
     train_batch_size: int
     micro_batch_size: int
     gradient_accumulation_steps: int
-    gradient_clipping: float = 0.0
-    optimizer: OptimizerSettings | None = None
-    scheduler: Any = None
-    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
-    zero: ZeroSettings = field(default_factory=ZeroSettings)
-    aio: Any = None
-    cpu_checkpointing: bool = False
-    raw: Any = None
+    gradient_clipping: float
+    optimizer: OptimizerSettings | None
+    scheduler: Any
+    precision: PrecisionConfig
+    zero: ZeroSettings
+    aio: Any
+    cpu_checkpointing: bool
+    raw: Any
 
 
 def _model_facts(model: Any) -> tuple[int | None, Any]:
