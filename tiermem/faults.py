@@ -20,6 +20,8 @@ Items are separated by commas; each is ``KIND@[r|w]N[:ARG]``:
   ``pwrite`` may): whoever waits on it must check the count.
 * ``delay:DURATION`` (``50ms``, ``2s``, ``300us``): the request completes
   that much later than it would have (``done()`` stays False meanwhile).
+* ``kill``: the request is submitted, then the process kills itself with
+  SIGKILL while it is in flight (a crash in the middle of a swap transfer).
 
 The plan records every fault it fires (:attr:`FaultPlan.fired`). More faults
 may be added to a live plan with :meth:`FaultPlan.add`, counted from then on.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import errno as errno_mod
 import os
 import re
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -40,7 +43,7 @@ import torch
 from tiermem.aio import AioFile, buffer_address
 
 FAULTS_ENV = "TIERMEM_FAULTS"
-KINDS = ("eio", "enospc", "short", "delay")
+KINDS = ("eio", "enospc", "short", "delay", "kill")
 _ERRNOS = {"eio": errno_mod.EIO, "enospc": errno_mod.ENOSPC}
 _ITEM = re.compile(r"^(?P<kind>[a-z]+)@(?P<op>[rw]?)(?P<n>\d+)(?::(?P<arg>.+))?$")
 _DURATION = re.compile(r"^(?P<value>\d+(?:\.\d+)?)(?P<unit>us|ms|s)$")
@@ -201,6 +204,9 @@ class FaultyAioFile:
             half = nbytes // 2
             req = submit(_byte_prefix(buf, half), offset)
             return _Wrapped(req, nbytes=nbytes, report=half, ready_at=0.0)
+        if fault.kind == "kill":
+            submit(buf, offset)
+            os.kill(os.getpid(), signal.SIGKILL)
         ready_at = time.monotonic() + fault.delay_s
         return _Wrapped(submit(buf, offset), nbytes=nbytes, report=None, ready_at=ready_at)
 
