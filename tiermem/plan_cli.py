@@ -340,6 +340,10 @@ def format_plan(result, *, dtype: str) -> list[str]:
         f"recommended: {rec.placement.value} (the fastest that fits: {_seconds(rec.seconds)} "
         f"a step; {parts})"
     )
+    for tier, tb in (("device", rec.device), ("host", rec.host), ("nvme", rec.nvme)):
+        if tb.items:
+            items = ", ".join(f"{k} {_b(v)}" for k, v in tb.items.items())
+            lines.append(f"  {tier}: {items}")
     if rec.needs_checkpointing:
         lines.append("  needs activation checkpointing (the model's blocks recomputed in backward)")
     lines.append("config (tiermem plan --write ds_config.json saves it):")
