@@ -23,8 +23,8 @@ from tiermem.train.models import GPT, GPTConfig
 def _config(tmp_path, *, param="auto", optimizer="auto", stage=3, nvme=True) -> dict:
     def section(device):
         out = {"device": device}
-        if nvme:
-            out["nvme_path"] = str(tmp_path)
+        if nvme:  # not there yet: the store makes it
+            out["nvme_path"] = str(tmp_path / "swap")
         return out
 
     return {
@@ -91,6 +91,7 @@ def test_auto_with_little_memory_offloads_to_nvme(tmp_path, model, monkeypatch):
     engine, *_ = tiermem.initialize(model=model, config=_config(tmp_path))
     assert _placement(engine) == ("nvme", "nvme")
     assert len(engine.placements.stores) == 1
+    assert (tmp_path / "swap").is_dir()
     engine.close()
 
 

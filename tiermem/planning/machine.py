@@ -245,6 +245,14 @@ def _nvme_rates(
     return ASSUMED_NVME_BPS, ASSUMED_NVME_BPS, "assumed"
 
 
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent (an nvme_path is created when the store opens)."""
+    path = path.absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
 def probe_machine(
     nvme_path: str | os.PathLike | None,
     *,
@@ -269,7 +277,7 @@ def probe_machine(
     free = 0
     read = write = ASSUMED_NVME_BPS
     if path is not None:
-        free = shutil.disk_usage(path).free
+        free = shutil.disk_usage(_existing(path)).free
         if nvme_bps is not None:
             read = write = float(nvme_bps)
             sources["nvme"] = "stated"
