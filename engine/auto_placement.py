@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any
 
 from tiermem.engine.config_base import ConfigError
@@ -76,6 +77,15 @@ def _allowed(zero: Any) -> list:
     return out
 
 
+def _ranks_per_host(world_size: int) -> int:
+    """Ranks sharing this machine: torchrun's ``LOCAL_WORLD_SIZE``, else all of them."""
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "") or world_size)
+    except ValueError:
+        local = world_size
+    return max(1, min(local, world_size))
+
+
 def plan_placement(
     cfg: Any,
     *,
@@ -95,6 +105,7 @@ def plan_placement(
     paths = opt.nvme_path or param.nvme_path
     settings = planning.PlanSettings(
         world_size=world_size,
+        ranks_per_host=_ranks_per_host(world_size),
         micro_batch_size=micro_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
         dtype_bytes=dtype_bytes,

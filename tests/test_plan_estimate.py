@@ -106,3 +106,16 @@ def test_recommended_config_parses_and_says_the_placement(placement):
         assert zero.offload_param.buffer_size == SHAPE.largest_group
         assert zero.offload_param.nvme_path == ("/nvme",)
     assert ("aio" in config) == placement.uses_nvme
+
+
+def test_ranks_on_one_machine_share_host_memory_and_disk():
+    one = estimate(SHAPE, GPU, BF16, Placement.OPTIMIZER_NVME)
+    eight = dataclasses.replace(BF16, world_size=8, ranks_per_host=8)
+    shared = estimate(SHAPE, GPU, eight, Placement.OPTIMIZER_NVME)
+    per_rank = estimate(
+        SHAPE, GPU, dataclasses.replace(eight, ranks_per_host=1), Placement.OPTIMIZER_NVME
+    )
+    assert shared.needed["host"] == 8 * per_rank.needed["host"]
+    assert shared.needed["nvme"] == 8 * per_rank.needed["nvme"]
+    assert shared.needed["device"] == per_rank.needed["device"]  # one GPU each
+    assert per_rank.needed["host"] < one.needed["host"]  # each rank holds 1/8 of the state

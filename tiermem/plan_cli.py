@@ -100,6 +100,12 @@ def add_plan(sub) -> None:
         action="store_true",
         help="the model is built inside tiermem.init_context (never whole in host memory)",
     )
+    p.add_argument(
+        "--ranks-per-host",
+        type=_positive_int,
+        default=None,
+        help="ranks sharing one machine's host memory and NVMe (default: --world-size)",
+    )
     p.add_argument("--world-size", type=_positive_int, default=1, help="ranks (1)")
     p.add_argument(
         "--dtype",
@@ -231,6 +237,7 @@ def run_plan(args) -> int:
     dtype = args.dtype or ("fp32" if machine.device_is_host else "bf16")
     settings = planning.PlanSettings(
         world_size=args.world_size,
+        ranks_per_host=args.ranks_per_host or args.world_size,
         micro_batch_size=args.micro_batch,
         gradient_accumulation_steps=args.grad_accum,
         seq_len=args.seq_len,
@@ -305,7 +312,7 @@ def format_plan(result, *, dtype: str) -> list[str]:
     lines.append(
         f"run       micro-batch {s.micro_batch_size} x {seq} tokens, "
         f"{s.gradient_accumulation_steps} micro-batch(es) per step, {dtype}, "
-        f"{s.world_size} rank(s); ZeRO stage 3; bytes per rank"
+        f"{s.world_size} rank(s), {s.ranks_per_host} per machine; ZeRO stage 3; bytes per rank"
     )
     lines.append("")
     head = (

@@ -108,7 +108,8 @@ class PlanSettings:
     Sizes in elements, as in the config. ``dtype_bytes`` 2 is bf16/fp16, 4 fp32.
     ``memory_fraction`` is the share of each tier's capacity the plan may fill.
     ``model_built_on_host`` False: the model is built inside ``tiermem.init_context``
-    (partitioned as it is built, never whole in host memory).
+    (partitioned as it is built, never whole in host memory). ``ranks_per_host``
+    ranks share one machine's host memory and NVMe (each has its own GPU).
     ``placements`` restricts the candidates (the engine's ``"auto"`` passes the
     ones the config's stage and paths allow).
     """
@@ -128,11 +129,13 @@ class PlanSettings:
     allocator_fraction: float = 0.1
     runtime_bytes: int | None = None
     model_built_on_host: bool = True
+    ranks_per_host: int = 1
     placements: tuple[Placement, ...] = PLACEMENTS
 
     def __post_init__(self) -> None:
         for key in (
             "world_size",
+            "ranks_per_host",
             "micro_batch_size",
             "gradient_accumulation_steps",
             "param_buffer_count",
@@ -408,19 +411,21 @@ def estimate(
         return int(s.allocator_fraction * (dev_state + act_bytes)) + runtime
 
     def needs(act_bytes: int) -> dict[str, int]:
-        """Bytes of each physical memory (on a CPU-only machine device bytes are host)."""
+        """Bytes of each physical memory (on a CPU-only machine device bytes are host);
+        host memory and the disk are shared by the ranks on one machine."""
         dev = dev_state + act_bytes + overhead_for(act_bytes)
         host_total = sum(host.values())
+        k = s.ranks_per_host
         out = (
-            {"host": dev + host_total}
+            {"host": k * (dev + host_total)}
             if machine.device_is_host
             else {
                 "device": dev,
-                "host": host_total,
+                "host": k * host_total,
             }
         )
         if placement.uses_nvme:
-            out["nvme"] = sum(nvme.values())
+            out["nvme"] = k * sum(nvme.values())
         return out
 
     def problems(act_bytes: int) -> list[str]:
@@ -500,6 +505,7 @@ class Plan:
             "machine": self.machine.as_dict(),
             "settings": {
                 "world_size": self.settings.world_size,
+                "ranks_per_host": self.settings.ranks_per_host,
                 "micro_batch_size": self.settings.micro_batch_size,
                 "gradient_accumulation_steps": self.settings.gradient_accumulation_steps,
                 "dtype_bytes": self.settings.dtype_bytes,
