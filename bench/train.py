@@ -145,6 +145,19 @@ def run_case(spec: dict, scratch: Path, timeout: float) -> dict:
     return result
 
 
+def merge_rounds(results: list[dict], warmup: int) -> dict:
+    """One result from a case's rounds: the measured steps of all of them (warm-up dropped)."""
+    failed = [r for r in results if r.get("error")]
+    if failed:
+        return failed[0]
+    merged = dict(results[-1])
+    merged["steps"] = [s for r in results for s in (r["steps"][warmup:] or r["steps"])]
+    merged["init_seconds"] = statistics.median(r["init_seconds"] for r in results)
+    merged["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in results)
+    merged["rounds"] = len(results)
+    return merged
+
+
 def summarize(result: dict, warmup: int) -> dict:
     """Median step time after warm-up, and per-step I/O where the case has a store."""
     if result.get("error"):
@@ -161,6 +174,8 @@ def summarize(result: dict, warmup: int) -> dict:
             for k in ("forward", "backward", "step")
         },
     }
+    if all("cpu" in s["phases"] for s in steps):
+        out["cpu_seconds"] = statistics.median(s["phases"]["cpu"] for s in steps)
     if "bytes_moved" in steps[0]:
         read = statistics.median(s["bytes_moved"].get("nvme->host", 0) for s in steps)
         write = statistics.median(s["bytes_moved"].get("host->nvme", 0) for s in steps)
@@ -221,6 +236,8 @@ def versus_deepspeed(summary: dict[str, dict]) -> dict:
             continue
         speedup = ds["step_seconds"] / tm["step_seconds"]
         out[where] = {"speedup": speedup, "target": target}
+        if "cpu_seconds" in tm and "cpu_seconds" in ds:  # process CPU time: less load-bound
+            out[where]["cpu_time_ratio"] = ds["cpu_seconds"] / tm["cpu_seconds"]
         if target is not None:
             out[where]["met"] = speedup >= target
     return out
@@ -285,14 +302,25 @@ def run_comparison(args: argparse.Namespace, scratch: Path) -> dict:
         skipped["deepspeed"] = "not installed (bench/setup_peers.sh installs it)"
     else:
         cases += [("deepspeed", "none"), ("deepspeed", "cpu"), ("deepspeed", "nvme")]
-    raw: dict[str, dict] = {}
-    summary: dict[str, dict] = {}
-    for impl, where in cases:
-        name = f"{impl}-{where}"
-        raw[name] = run_case({**base, "impl": impl, "placement": where}, scratch, args.timeout)
-        summary[name] = summarize(raw[name], args.warmup)
-        s = summary[name]
-        print(f"  {name}: " + (s["error"] if "error" in s else f"{s['step_seconds']:.3f} s/step"))
+    # [Note: the machine is shared and its load changes from minute to minute.
+    #  With --rounds N every case runs N times, in alternating order (A..F, F..A),
+    #  and a case's median is over the measured steps of all its rounds, so that
+    #  tiermem and DeepSpeed meet the same load on average.]
+    runs: dict[str, list[dict]] = {f"{impl}-{where}": [] for impl, where in cases}
+    for r in range(args.rounds):
+        for impl, where in cases if r % 2 == 0 else cases[::-1]:
+            name = f"{impl}-{where}"
+            result = run_case({**base, "impl": impl, "placement": where}, scratch, args.timeout)
+            runs[name].append(result)
+            s = summarize(result, args.warmup)
+            print(
+                f"  round {r + 1} {name}: "
+                + (s["error"] if "error" in s else f"{s['step_seconds']:.3f} s/step")
+                + f" (load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+    raw = {name: merge_rounds(results, args.warmup) for name, results in runs.items()}
+    summary = {name: summarize(result, 0) for name, result in raw.items()}
     for tool, reason in skipped.items():
         print(f"skip {tool}: {reason}")
     load_end = os.getloadavg()
@@ -321,7 +349,8 @@ def run_comparison(args: argparse.Namespace, scratch: Path) -> dict:
             if v["target"] is None
             else (f" (target >= {v['target']}: {'met' if v['met'] else 'NOT met'})")
         )
-        print(f"vs DeepSpeed {where}: tiermem {v['speedup']:.2f}x faster{target}")
+        cpu = f"; CPU time {v['cpu_time_ratio']:.2f}x less" if "cpu_time_ratio" in v else ""
+        print(f"vs DeepSpeed {where}: tiermem {v['speedup']:.2f}x faster{target}{cpu}")
     print(
         f"load average: start {' '.join(f'{x:.2f}' for x in load_start)}, "
         f"end {' '.join(f'{x:.2f}' for x in load_end)} (2-core machine shared with others)"
@@ -480,6 +509,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="measured steps after warm-up")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="run every case this many times, alternating order"
+    )
     ap.add_argument("--sub-group-size", type=int, default=4_000_000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--disk-size", default=None, help="diskbench file size (bytes)")
