@@ -30,6 +30,7 @@ import torch
 
 from tiermem.aio import AioConfig, AioFile, AioRequest
 from tiermem.buffers import round_up
+from tiermem.checksum import crc32c
 from tiermem.faults import FaultPlan, FaultyAioFile
 from tiermem.store.errors import StoreBudgetError, StoreError
 from tiermem.store.states import TierKind
@@ -37,7 +38,8 @@ from tiermem.store.states import TierKind
 SWAP_MAGIC = b"TIERMEM-SWAP\x001\n"
 HEADER_BYTES = 4096
 TABLE_NAME = "tiermem-table.json"
-TABLE_FORMAT = "tiermem.store/1"
+TABLE_FORMAT = "tiermem.store/2"  # /2: the table carries a crc32c of itself
+LEGACY_TABLE_FORMAT = "tiermem.store/1"
 PERSISTENT_SWAP_NAME = "tiermem.swap"
 LOCK_NAME = "tiermem.lock"
 SCRATCH_NAME = re.compile(r"^tiermem-(\d+)-(\d+)\.swap$")
@@ -326,6 +328,7 @@ def write_table_atomic(directory: Path, table: dict) -> Path:
     """
     final = directory / TABLE_NAME
     tmp = directory / (TABLE_NAME + ".tmp")
+    table = dict(table, crc32c=_table_crc(table))
     data = json.dumps(table, sort_keys=True).encode()
     fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
@@ -338,6 +341,11 @@ def write_table_atomic(directory: Path, table: dict) -> Path:
     os.replace(tmp, final)
     _fsync_dir(directory)
     return final
+
+
+def _table_crc(table: dict) -> str:
+    body = {k: v for k, v in table.items() if k != "crc32c"}
+    return f"{crc32c(json.dumps(body, sort_keys=True).encode()):08x}"
 
 
 def read_table(directory: Path) -> dict | None:
@@ -353,8 +361,19 @@ def read_table(directory: Path) -> dict | None:
         table = json.loads(raw)
     except ValueError as exc:
         raise StoreError(f"store table {path} is not valid JSON: {exc}") from exc
-    if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT:
+    if not isinstance(table, dict) or table.get("format") not in (
+        TABLE_FORMAT,
+        LEGACY_TABLE_FORMAT,
+    ):
         raise StoreError(f"store table {path}: expected format {TABLE_FORMAT!r}")
+    # [Note: extents, sizes and data checksums all come from the table, so a
+    #  damaged table could point reads at the wrong bytes or skip verifying
+    #  them; its own checksum refuses it first. /1 tables had none.]
+    if table["format"] == TABLE_FORMAT and table.get("crc32c") != _table_crc(table):
+        raise StoreError(
+            f"store table {path}: checksum mismatch (stored {table.get('crc32c')!r}, computed "
+            f"{_table_crc(table)}); the table is damaged, its store cannot be reopened safely"
+        )
     return table
 
 
