@@ -381,6 +381,7 @@ class _TrainProgress:
         self.console = Console(stderr=True)
         self.progress = None
         self.every = max(1, total // 10)
+        self.first: int | None = None
 
     def __enter__(self) -> _TrainProgress:
         if self.console.is_terminal:
@@ -411,6 +412,7 @@ class _TrainProgress:
             self.progress.__exit__(*exc)
 
     def start(self, first_step: int) -> None:
+        self.first = first_step + 1
         if self.progress is not None:
             self.progress.update(self.task, completed=first_step)
 
@@ -425,7 +427,9 @@ class _TrainProgress:
         stats = "  ".join(parts)
         if self.progress is not None:
             self.progress.update(self.task, completed=record.step, stats=stats)
-        elif record.step % self.every == 0 or record.step == self.total:
+        elif record.step in (self.first, self.total) or record.step % self.every == 0:
+            # [Note: the run's first step is always shown: it says training
+            #  has begun (setup can take a while), and scripts wait on it.]
             print(f"step {record.step}/{self.total}  {stats}", file=sys.stderr, flush=True)
 
 
