@@ -82,7 +82,8 @@ class SoakRecord:
     swap_disk: list[int] = field(default_factory=list)
     swap_used: list[int] = field(default_factory=list)  # the NVMe tier's allocated extents
     reads: list[int] = field(default_factory=list)  # nvme->host bytes of each step
-    reads_by_name: list[Counter[str]] = field(default_factory=list)  # NVMe reads per tensor
+    reads_total: Counter[str] = field(default_factory=Counter)  # NVMe reads per tensor
+    not_read: list[set[str]] = field(default_factory=list)  # tensors a step did not read
     store_names: set[str] = field(default_factory=set)
     evictions: list[int] = field(default_factory=list)  # host evictions of each step
     store_bytes: int = 0
@@ -116,9 +117,9 @@ def soak(nvme: Path, steps: int, *, tight: bool = True) -> SoakRecord:
             rec.evictions.append(snap["evictions"]["host"] - before["evictions"]["host"])
             before = snap
             events = store.telemetry.events
-            rec.reads_by_name.append(
-                Counter(name for track, name, *_ in events if track == "nvme->host")
-            )
+            read = Counter(name for track, name, *_ in events if track == "nvme->host")
+            rec.reads_total.update(read)
+            rec.not_read.append(rec.store_names - read.keys())  # kept small: RSS is measured
             # [Note: the store keeps its trace timeline (up to MAX_TRACE_EVENTS events,
             #  a few hundred bytes each) for reports; that capped record would read as
             #  growth here, so it is emptied once read and RSS measures everything else.]
