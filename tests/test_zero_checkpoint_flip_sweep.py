@@ -8,17 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from zero_helpers import config, make_batches, make_model
+from zero_helpers import make_batches, make_model, nvme_offload_config
 
 import tiermem
 from tiermem.engine.checkpoint_format import CheckpointCorruptError
-
-
-def nvme_config(swap) -> dict:
-    nvme = {"device": "nvme", "nvme_path": str(swap), "buffer_count": 1}
-    cfg = config(stage=3)
-    cfg["zero_optimization"].update(offload_param=nvme, offload_optimizer=nvme, sub_group_size=1000)
-    return cfg
 
 
 def positions(size: int) -> list[int]:
@@ -31,7 +24,7 @@ def state(engine) -> tuple[int, dict[str, torch.Tensor]]:
 
 
 def test_every_flipped_bit_is_named_and_nothing_is_loaded(tmp_path):
-    engine, *_ = tiermem.initialize(model=make_model(), config=nvme_config(tmp_path / "s1"))
+    engine, *_ = tiermem.initialize(model=make_model(), config=nvme_offload_config(tmp_path / "s1"))
     for idx, tgt in make_batches(2):
         engine.backward(engine(idx, tgt))
         engine.step()
@@ -39,7 +32,9 @@ def test_every_flipped_bit_is_named_and_nothing_is_loaded(tmp_path):
     saved = state(engine)
     engine.close()
 
-    fresh, *_ = tiermem.initialize(model=make_model(seed=3), config=nvme_config(tmp_path / "s2"))
+    fresh, *_ = tiermem.initialize(
+        model=make_model(seed=3), config=nvme_offload_config(tmp_path / "s2")
+    )
     before = state(fresh)
     for name in ("rank00000.safetensors", "manifest.json"):
         file = path / name

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from zero_helpers import config, make_batches, make_model
+from zero_helpers import make_batches, make_model, nvme_offload_config, train_steps
 
 import tiermem
 from tiermem.engine.checkpoint_format import read_latest
@@ -33,40 +33,21 @@ STEPS, BASE = 6, 2
 WRAP_ONLY = "delay@r1000000000:1us"
 
 
-def nvme_config(swap: Path) -> dict:
-    nvme = {"device": "nvme", "nvme_path": str(swap), "buffer_count": 1}
-    cfg = config(stage=3)
-    cfg["zero_optimization"].update(offload_param=nvme, offload_optimizer=nvme, sub_group_size=1000)
-    return cfg
-
-
-def train(engine, batches, *, before_step=None) -> list[float]:
-    losses = []
-    for idx, tgt in batches:
-        loss = engine(idx, tgt)
-        engine.backward(loss)
-        if before_step is not None:
-            before_step()
-        engine.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
 CHILD = """
 import os, signal, sys, warnings
 warnings.simplefilter("ignore")
 sys.path.insert(0, {tests!r})
 import tiermem
 from pathlib import Path
-from test_zero_crash_resume import BASE, nvme_config, train
-from zero_helpers import make_batches, make_model
+from test_zero_crash_resume import BASE, STEPS
+from zero_helpers import make_batches, make_model, nvme_offload_config, train_steps
 from tiermem.store import TierKind
 
 point, root, swap = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-engine, *_ = tiermem.initialize(model=make_model(seed=7), config=nvme_config(swap))
+engine, *_ = tiermem.initialize(model=make_model(seed=7), config=nvme_offload_config(swap))
 engine.load_checkpoint(root)
-batches = make_batches(BASE + 2)
-print("loss", *train(engine, batches[BASE : BASE + 1]), flush=True)
+batches = make_batches(STEPS)
+print("loss", *train_steps(engine, batches[BASE : BASE + 1]), flush=True)
 engine.save_checkpoint(root)  # step 3: the checkpoint to resume from
 plan = engine.placements.stores[0].tier(TierKind.NVME).faults
 model = engine.module
@@ -86,10 +67,10 @@ elif point.startswith("step:"):  # inside the optimizer step, at a swap transfer
     before_step = lambda: plan.add(point[5:])
 elif point.startswith("pass:"):  # counted from the start of step 4
     plan.add(point[5:])
-if not point.startswith("save:"):
-    train(engine, batches[BASE + 1 :], before_step=before_step)
+if not point.startswith("save:"):  # dies in step 4 (at the latest in a later one)
+    train_steps(engine, batches[BASE + 1 :], before_step=before_step)
 else:  # step 4 completes, the save of it dies at a swap read
-    train(engine, batches[BASE + 1 :])
+    train_steps(engine, batches[BASE + 1 : BASE + 2])
     plan.add(point[5:])
     engine.save_checkpoint(root)
 print("survived", flush=True)
@@ -99,7 +80,7 @@ POINTS = [
     "forward",
     "backward",
     "pass:kill@w1",  # the first swap write of step 4 (a gradient write-back), in flight
-    "step:kill@w3",  # in the optimizer step: a write-back of updated states, in flight
+    "step:kill@w1",  # in the optimizer step: a write-back of updated states, in flight
     "save:kill@r2",  # reading the states back for the step-4 checkpoint
 ]
 
@@ -109,12 +90,12 @@ def reference(tmp_path_factory) -> tuple[Path, list[float]]:
     """The checkpoint of step BASE and the losses of all STEPS, uninterrupted."""
     root = tmp_path_factory.mktemp("base")
     engine, *_ = tiermem.initialize(
-        model=make_model(), config=nvme_config(tmp_path_factory.mktemp("swap"))
+        model=make_model(), config=nvme_offload_config(tmp_path_factory.mktemp("swap"))
     )
     batches = make_batches(STEPS)
-    losses = train(engine, batches[:BASE])
+    losses = train_steps(engine, batches[:BASE])
     engine.save_checkpoint(root)
-    losses += train(engine, batches[BASE:])
+    losses += train_steps(engine, batches[BASE:])
     engine.close()
     return root, losses
 
@@ -143,10 +124,10 @@ def test_kill_mid_step_and_mid_write_back_resumes_exactly(tmp_path, reference, m
         assert read_latest(root) == f"global_step{BASE + 1}", point
         stale = list(swap.rglob("*.swap"))
         assert len(stale) == 1, (point, stale)  # the killed process's scratch file
-        engine, *_ = tiermem.initialize(model=make_model(seed=11), config=nvme_config(swap))
+        engine, *_ = tiermem.initialize(model=make_model(seed=11), config=nvme_offload_config(swap))
         assert list(swap.rglob("*.swap")) != stale, point  # removed as stale at the start
         path, _ = engine.load_checkpoint(root)
         assert engine.global_steps == BASE + 1, point
-        losses = train(engine, make_batches(STEPS)[BASE + 1 :])
+        losses = train_steps(engine, make_batches(STEPS)[BASE + 1 :])
         engine.close()
         assert losses == expected[BASE + 1 :], point

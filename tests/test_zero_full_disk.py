@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import _mount, _umount
-from zero_helpers import config, make_batches, make_model
+from zero_helpers import make_batches, make_model, nvme_offload_config, train_steps
 
 import tiermem
 from tiermem.engine.checkpoint_format import read_latest
@@ -94,29 +94,12 @@ def fill(fs: Path, *, leave: int) -> Path:
     return ballast
 
 
-def nvme_config(swap: Path) -> dict:
-    nvme = {"device": "nvme", "nvme_path": str(swap), "buffer_count": 1}
-    cfg = config(stage=3)
-    cfg["zero_optimization"].update(offload_param=nvme, offload_optimizer=nvme, sub_group_size=1000)
-    return cfg
-
-
-def train(engine, batches) -> list[float]:
-    losses = []
-    for idx, tgt in batches:
-        loss = engine(idx, tgt)
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
 def test_initialize_on_a_full_disk_fails_before_writing(small_fs, tmp_path):
     ballast = fill(small_fs, leave=64 << 10)
     size = ballast.stat().st_size
     swap = small_fs / "swap"
     with pytest.raises(StoreError) as err:
-        tiermem.initialize(model=make_model(), config=nvme_config(swap))
+        tiermem.initialize(model=make_model(), config=nvme_offload_config(swap))
     msg = str(err.value)
     assert str(swap / "tiermem_rank0") in msg and ".swap" in msg, msg
     assert "swap disk full" in msg or "No space left" in msg, msg
@@ -126,18 +109,22 @@ def test_initialize_on_a_full_disk_fails_before_writing(small_fs, tmp_path):
 
 def test_disk_filled_mid_run_keeps_training_and_the_last_checkpoint(small_fs, tmp_path):
     batches = make_batches(STEPS)
-    reference, *_ = tiermem.initialize(model=make_model(), config=nvme_config(tmp_path / "ref"))
-    expected = train(reference, batches)
+    reference, *_ = tiermem.initialize(
+        model=make_model(), config=nvme_offload_config(tmp_path / "ref")
+    )
+    expected = train_steps(reference, batches)
     reference.close()
 
     ckpt = small_fs / "ckpt"
-    engine, *_ = tiermem.initialize(model=make_model(), config=nvme_config(small_fs / "swap"))
-    assert train(engine, batches[:SAVED_AT]) == expected[:SAVED_AT]
+    engine, *_ = tiermem.initialize(
+        model=make_model(), config=nvme_offload_config(small_fs / "swap")
+    )
+    assert train_steps(engine, batches[:SAVED_AT]) == expected[:SAVED_AT]
     engine.save_checkpoint(ckpt)
     saved = read_latest(ckpt)
     fill(small_fs, leave=0)  # another writer takes the rest of the disk
     # the swap space was preallocated: training goes on, exactly
-    assert train(engine, batches[SAVED_AT:]) == expected[SAVED_AT:]
+    assert train_steps(engine, batches[SAVED_AT:]) == expected[SAVED_AT:]
     with pytest.raises(OSError) as err:  # the save does not fit: named, nothing replaced
         engine.save_checkpoint(ckpt)
     assert err.value.errno == errno.ENOSPC and str(ckpt) in str(err.value), err.value
@@ -145,8 +132,10 @@ def test_disk_filled_mid_run_keeps_training_and_the_last_checkpoint(small_fs, tm
     assert read_latest(ckpt) == saved
     (small_fs / "ballast").unlink()
 
-    resumed, *_ = tiermem.initialize(model=make_model(seed=3), config=nvme_config(tmp_path / "r"))
+    resumed, *_ = tiermem.initialize(
+        model=make_model(seed=3), config=nvme_offload_config(tmp_path / "r")
+    )
     resumed.load_checkpoint(ckpt)
     assert resumed.global_steps == SAVED_AT
-    assert train(resumed, batches[SAVED_AT:]) == expected[SAVED_AT:]
+    assert train_steps(resumed, batches[SAVED_AT:]) == expected[SAVED_AT:]
     resumed.close()

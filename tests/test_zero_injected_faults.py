@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from zero_helpers import config, make_batches, make_model
+from zero_helpers import make_batches, make_model, nvme_offload_config, train_steps
 
 import tiermem
 from tiermem.engine.checkpoint_format import read_latest
@@ -27,38 +27,22 @@ STEPS, SAVED_AT = 8, 4
 WRAP_ONLY = "delay@r1000000000:1us"
 
 
-def nvme_config(swap: Path) -> dict:
-    nvme = {"device": "nvme", "nvme_path": str(swap), "buffer_count": 1}
-    cfg = config(stage=3)
-    cfg["zero_optimization"].update(offload_param=nvme, offload_optimizer=nvme, sub_group_size=1000)
-    return cfg
-
-
-def train(engine, batches, losses: list[float]) -> list[float]:
-    for idx, tgt in batches:
-        loss = engine(idx, tgt)
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, list[float]]:
     """The checkpoint saved after SAVED_AT steps and the losses of all STEPS, uninterrupted."""
     root = tmp_path_factory.mktemp("ckpt")
     swap = tmp_path_factory.mktemp("swap")
-    engine, *_ = tiermem.initialize(model=make_model(), config=nvme_config(swap))
+    engine, *_ = tiermem.initialize(model=make_model(), config=nvme_offload_config(swap))
     batches = make_batches(STEPS)
-    losses = train(engine, batches[:SAVED_AT], [])
+    losses = train_steps(engine, batches[:SAVED_AT], [])
     engine.save_checkpoint(root)
-    train(engine, batches[SAVED_AT:], losses)
+    train_steps(engine, batches[SAVED_AT:], losses)
     engine.close()
     return root, losses
 
 
 def resumed(checkpoint: Path, swap: Path):
-    engine, *_ = tiermem.initialize(model=make_model(seed=9), config=nvme_config(swap))
+    engine, *_ = tiermem.initialize(model=make_model(seed=9), config=nvme_offload_config(swap))
     engine.load_checkpoint(checkpoint)
     assert engine.global_steps == SAVED_AT
     return engine
@@ -66,7 +50,7 @@ def resumed(checkpoint: Path, swap: Path):
 
 def assert_resumes_exactly(checkpoint: Path, swap: Path, expected: list[float]) -> None:
     engine = resumed(checkpoint, swap)
-    losses = train(engine, make_batches(STEPS)[SAVED_AT:], [])
+    losses = train_steps(engine, make_batches(STEPS)[SAVED_AT:], [])
     engine.close()
     assert losses == expected[SAVED_AT:]
 
@@ -88,7 +72,7 @@ def test_fault_stops_training_with_one_error_and_the_checkpoint_resumes(
     plan.add(spec)
     losses: list[float] = []
     with pytest.raises(StoreError) as err:
-        train(engine, make_batches(STEPS)[SAVED_AT:], losses)
+        train_steps(engine, make_batches(STEPS)[SAVED_AT:], losses)
     ((fault, where),) = plan.fired
     msg = str(err.value)
     op = "reading" if fault.op == "read" else "writing"
@@ -111,7 +95,7 @@ def test_fault_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatc
     engine = resumed(checkpoint, tmp_path / "swap")
     monkeypatch.delenv(FAULTS_ENV)
     engine.save_checkpoint(root, tag="good")  # the same state as `checkpoint`
-    train(engine, make_batches(STEPS)[SAVED_AT : SAVED_AT + 1], [])
+    train_steps(engine, make_batches(STEPS)[SAVED_AT : SAVED_AT + 1], [])
     plan = engine.placements.stores[0].tier(TierKind.NVME).faults
     plan.add("eio@r3")  # the save reads every shard and state back from the swap files
     with pytest.raises(StoreError, match="reading tensor '.*injected fault eio@r3"):

@@ -10,29 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
-from zero_helpers import config, make_batches, make_model
+from zero_helpers import make_batches, make_model, nvme_offload_config, train_steps
 
 import tiermem
 from tiermem.store import Residency, StoreCorruptionError, TierKind
 from tiermem.store.nvme import Extent
 
 STEPS, SAVED_AT = 5, 2
-
-
-def nvme_config(swap: Path) -> dict:
-    nvme = {"device": "nvme", "nvme_path": str(swap), "buffer_count": 1}
-    cfg = config(stage=3)
-    cfg["zero_optimization"].update(offload_param=nvme, offload_optimizer=nvme, sub_group_size=1000)
-    return cfg
-
-
-def train(engine, batches, losses: list[float]) -> list[float]:
-    for idx, tgt in batches:
-        loss = engine(idx, tgt)
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-    return losses
 
 
 def flip_in_extent(store, name: str) -> Path:
@@ -56,12 +40,12 @@ def run(tmp_path_factory) -> tuple[Path, list[float]]:
     """The checkpoint after SAVED_AT steps and the losses of all STEPS, uninterrupted."""
     root = tmp_path_factory.mktemp("ckpt")
     engine, *_ = tiermem.initialize(
-        model=make_model(), config=nvme_config(tmp_path_factory.mktemp("swap"))
+        model=make_model(), config=nvme_offload_config(tmp_path_factory.mktemp("swap"))
     )
     batches = make_batches(STEPS)
-    losses = train(engine, batches[:SAVED_AT], [])
+    losses = train_steps(engine, batches[:SAVED_AT], [])
     engine.save_checkpoint(root)
-    train(engine, batches[SAVED_AT:], losses)
+    train_steps(engine, batches[SAVED_AT:], losses)
     engine.close()
     return root, losses
 
@@ -69,10 +53,12 @@ def run(tmp_path_factory) -> tuple[Path, list[float]]:
 @pytest.mark.parametrize("kind", ["param", "adam"])
 def test_flipped_swap_byte_stops_training_with_the_tensor_named(tmp_path, run, kind):
     checkpoint, expected = run
-    engine, *_ = tiermem.initialize(model=make_model(seed=4), config=nvme_config(tmp_path / "s"))
+    engine, *_ = tiermem.initialize(
+        model=make_model(seed=4), config=nvme_offload_config(tmp_path / "s")
+    )
     engine.load_checkpoint(checkpoint)
     batches = make_batches(STEPS)[SAVED_AT:]
-    losses = train(engine, batches[:1], [])
+    losses = train_steps(engine, batches[:1], [])
     store = engine.placements.stores[0]
     # a tensor that lives only on disk now: its next read is the first use of the bad byte
     name = next(
@@ -82,13 +68,15 @@ def test_flipped_swap_byte_stops_training_with_the_tensor_named(tmp_path, run, k
     )
     path = flip_in_extent(store, name)
     with pytest.raises(StoreCorruptionError) as err:
-        train(engine, batches[1:], losses)
+        train_steps(engine, batches[1:], losses)
     msg = str(err.value)
     assert f"tensor {name!r}" in msg and str(path) in msg and "checksum mismatch" in msg, msg
     assert losses == expected[SAVED_AT : SAVED_AT + len(losses)]
     engine.close()
 
-    again, *_ = tiermem.initialize(model=make_model(seed=5), config=nvme_config(tmp_path / "t"))
+    again, *_ = tiermem.initialize(
+        model=make_model(seed=5), config=nvme_offload_config(tmp_path / "t")
+    )
     again.load_checkpoint(checkpoint)
-    assert train(again, make_batches(STEPS)[SAVED_AT:], []) == expected[SAVED_AT:]
+    assert train_steps(again, make_batches(STEPS)[SAVED_AT:], []) == expected[SAVED_AT:]
     again.close()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from zero_helpers import config, make_batches, make_model
+from zero_helpers import make_batches, make_model, nvme_offload_config, train_steps
 
 import tiermem
 
@@ -24,31 +24,14 @@ import json, sys, warnings
 warnings.simplefilter("ignore")
 sys.path.insert(0, {tests!r})
 import tiermem
-from test_zero_two_jobs_one_nvme_path import STEPS, nvme_config, train
-from zero_helpers import make_batches, make_model
-engine, *_ = tiermem.initialize(model=make_model(), config=nvme_config({swap!r}))
+from test_zero_two_jobs_one_nvme_path import STEPS
+from zero_helpers import make_batches, make_model, nvme_offload_config, train_steps
+engine, *_ = tiermem.initialize(model=make_model(), config=nvme_offload_config({swap!r}))
 print("started", flush=True)
 sys.stdin.readline()  # both are running before either trains
-print(json.dumps(train(engine, make_batches(STEPS))), flush=True)
+print(json.dumps(train_steps(engine, make_batches(STEPS))), flush=True)
 engine.close()
 """
-
-
-def nvme_config(swap) -> dict:
-    nvme = {"device": "nvme", "nvme_path": str(swap), "buffer_count": 1}
-    cfg = config(stage=3)
-    cfg["zero_optimization"].update(offload_param=nvme, offload_optimizer=nvme, sub_group_size=1000)
-    return cfg
-
-
-def train(engine, batches) -> list[float]:
-    losses = []
-    for idx, tgt in batches:
-        loss = engine(idx, tgt)
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-    return losses
 
 
 def test_two_jobs_on_one_nvme_path(tmp_path):
@@ -77,8 +60,10 @@ def test_two_jobs_on_one_nvme_path(tmp_path):
                 job.communicate()
     for job, (_, err) in zip(jobs, results, strict=True):
         assert job.returncode == 0, err[-3000:]
-    alone, *_ = tiermem.initialize(model=make_model(), config=nvme_config(tmp_path / "alone"))
-    expected = train(alone, make_batches(STEPS))
+    alone, *_ = tiermem.initialize(
+        model=make_model(), config=nvme_offload_config(tmp_path / "alone")
+    )
+    expected = train_steps(alone, make_batches(STEPS))
     alone.close()
     for out, _ in results:
         assert json.loads(out) == expected

@@ -131,6 +131,35 @@ def config(
     return cfg
 
 
+def nvme_offload_config(swap: str | os.PathLike) -> dict:
+    """Stage 3 with parameters and Adam states on NVMe under ``swap``: one buffer and
+    1000-element sub-groups, so every step reads and writes the swap files."""
+    nvme = {"device": "nvme", "nvme_path": str(swap), "buffer_count": 1}
+    cfg = config(stage=3)
+    cfg["zero_optimization"].update(offload_param=nvme, offload_optimizer=nvme, sub_group_size=1000)
+    return cfg
+
+
+def train_steps(
+    engine,
+    batches: Sequence[tuple[torch.Tensor, ...]],
+    losses: list[float] | None = None,
+    *,
+    before_step: Callable[[], None] | None = None,
+) -> list[float]:
+    """One forward/backward/step per batch; the losses, appended to ``losses`` as they
+    come (so a caller still has the steps done before an error)."""
+    losses = [] if losses is None else losses
+    for idx, tgt in batches:
+        loss = engine(idx, tgt)
+        engine.backward(loss)
+        if before_step is not None:
+            before_step()
+        engine.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 @dataclass(frozen=True, kw_only=True)
 class Reference:
     """How the plain-PyTorch reference trains."""
