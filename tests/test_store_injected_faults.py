@@ -32,11 +32,12 @@ def evict(store: TensorStore) -> None:
 
 
 def test_spec_grammar():
-    assert parse_faults(" eio@w7, short@r3,delay@5:50ms,enospc@2 ,") == [
+    assert parse_faults(" eio@w7, short@r3,delay@5:50ms,enospc@2 ,kill@w9") == [
         Fault(kind="eio", nth=7, op="write"),
         Fault(kind="short", nth=3, op="read"),
         Fault(kind="delay", nth=5, delay_s=0.05),
         Fault(kind="enospc", nth=2),
+        Fault(kind="kill", nth=9, op="write"),
     ]
     for bad in ("eio", "eio@0", "boom@3", "delay@3", "delay@3:5min", "eio@3:1ms", "eio@x3"):
         with pytest.raises(ValueError, match=f"{FAULTS_ENV}: bad fault '{bad}'"):
