@@ -1,6 +1,6 @@
-"""Soak: NVMe budgets so small that every store tensor is evicted and read back from disk
-on every step; memory, descriptors and swap space stay flat and the results equal a run whose
-budget holds everything.
+"""Soak: NVMe budgets so small that (nearly) every store tensor is evicted and read back
+from disk on every step; memory, descriptors and swap space stay flat and the results
+equal a run whose budget holds everything.
 
 ``test_soak_short`` (20 steps) runs by default; ``test_soak_long`` (200 steps) only
 with ``pytest -m soak``. Flat means: after a warm-up mark (step 5 / 50) the RSS grows
@@ -21,15 +21,16 @@ RSS_MARGIN = 1 << 20
 
 
 def check_soak(rec: SoakRecord, ref: SoakRecord, mark: int) -> None:
-    # the budget holds under a third of the state, and every tensor was read back from
-    # NVMe once per step: within the step, or (the first layers' shards, at most 2% of
-    # the tensors) prefetched for it at the end of the step before
+    # the budget holds under a third of the state; every tensor is read back from NVMe
+    # at least 0.9 times per step over the run, and each step reads all but at most 5% of
+    # them (next-use eviction may keep the shards the next step starts with, or prefetch
+    # them at the end of the step before, which then counts for that step)
     assert 3 * rec.host_budget < rec.store_bytes
     steps = len(rec.losses)
-    assert {name: n for name, n in rec.reads_total.items() if n < steps} == {}
     assert rec.reads_total.keys() == rec.store_names
+    assert {name: n for name, n in rec.reads_total.items() if n < 0.9 * steps} == {}
     for step, missing in enumerate(rec.not_read):
-        assert len(missing) <= 0.02 * rec.store_tensors, f"step {step}: not read {missing}"
+        assert len(missing) <= 0.05 * rec.store_tensors, f"step {step}: not read {missing}"
     assert sum(ref.evictions) == 0  # the reference budget really holds everything
     # same results as with the budget that holds everything
     assert rec.losses == ref.losses
