@@ -105,3 +105,15 @@ def test_fault_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatc
     # only the failed save's staging directory is left: loads ignore it, the next save removes it
     assert [p.name for p in root.iterdir() if p.name.startswith(".")] == [".bad.tmp"]
     assert_resumes_exactly(root, tmp_path / "swap2", expected)
+
+
+def test_latency_spikes_change_nothing(tmp_path, monkeypatch, run):
+    checkpoint, expected = run
+    monkeypatch.setenv(FAULTS_ENV, WRAP_ONLY)
+    engine = resumed(checkpoint, tmp_path / "swap")
+    monkeypatch.delenv(FAULTS_ENV)
+    plan = engine.placements.stores[0].tier(TierKind.NVME).faults
+    plan.add("delay@r3:150ms,delay@w10:150ms,delay@r100:150ms,delay@w150:150ms")
+    assert train_steps(engine, make_batches(STEPS)[SAVED_AT:]) == expected[SAVED_AT:]
+    engine.close()
+    assert len(plan.fired) == 4
