@@ -163,6 +163,7 @@ class TiermemEngine:
         self.micro_steps = 0
         self.skipped_steps = 0
         self._group_steps: dict[int, int] = {}
+        self._updated_in_backward: set[int] = set()  # groups stepped as their gradients landed
         self._grad_loss_scale = 1.0
         self._global_grad_norm: float | None = None
         self._hyper_settings = (
@@ -382,13 +383,72 @@ class TiermemEngine:
         ``scale_wrt_gas=False`` (DeepSpeed's name) skips the division, for a
         caller whose loss is already normalised over the accumulation window
         (the Hugging Face Trainer's).
+
+        [Note: at an accumulation boundary, when the step needs no global
+        gradient norm first (no clipping, no fp16 overflow check), each group is
+        updated by the optimizer as soon as its reduced gradient lands, while
+        backward goes on: its optimizer-state I/O overlaps the rest of backward
+        and the gradient is never written to its accumulator (on NVMe: no
+        gradient traffic at all). Adam is per element and a group's gradient is
+        final once every node that used its parameters has run, so the result is
+        the one :meth:`step` would compute; :meth:`step` then updates the other
+        groups. A second backward before :meth:`step` would find groups already
+        updated, so it is refused.]
         """
+        if self._updated_in_backward:
+            raise RuntimeError(
+                "engine.backward() called again before engine.step(): the previous backward "
+                "already updated parameters (an accumulation boundary without clipping); "
+                "call engine.step() after each backward"
+            )
         scale = self.loss_scaler.scale
         factor = scale / self.gradient_accumulation_steps if scale_wrt_gas else scale
         self._grad_loss_scale = scale
         scaled = loss.float() * factor if factor != 1.0 else loss
-        scaled.backward(retain_graph=retain_graph)
+        early = (
+            self.optimizer is not None
+            and not retain_graph
+            and self.is_gradient_accumulation_boundary()
+            and self.settings.gradient_clipping <= 0
+            and self.precision.kind != "fp16"
+        )
+        self.reducer.on_landed = self._update_landed if early else None
+        try:
+            scaled.backward(retain_graph=retain_graph)
+        finally:
+            self.reducer.on_landed = None
         return loss
+
+    def _update_landed(self, gi: int, grad: torch.Tensor) -> bool:
+        """Step group ``gi`` now with its just-reduced owner gradient ``grad``."""
+        self._group_steps[gi] = self._group_steps.get(gi, 0) + 1
+        self._updated_in_backward.add(gi)
+        hypers = [self._hyper(i) for i in range(len(self.optimizer.param_groups))]
+        self.shard_optimizer.step(
+            [self._step_item(gi, hypers, open_grad=lambda: grad, close_grad=lambda: None)],
+            hypers[0],
+            grad_scale=1.0 / self._grad_loss_scale,
+        )
+        return True
+
+    def _step_item(
+        self,
+        gi: int,
+        hypers: list[AdamHyper],
+        *,
+        open_grad: Callable[[], torch.Tensor],
+        close_grad: Callable[[], None],
+    ) -> StepItem:
+        group = self.groups[gi]
+        return StepItem(
+            group.key,
+            open_grad,
+            close_grad,
+            group.update_target,
+            group.after_update,
+            self._group_steps[gi],
+            tuple((lo, hi, hypers[i]) for lo, hi, i in self._segments.get(gi, ())),
+        )
 
     def step(self) -> None:
         """End a micro-step; at an accumulation boundary run the optimizer and the LR schedule."""
@@ -410,6 +470,7 @@ class TiermemEngine:
         """Clear the accumulated gradients (and any ``.grad`` left on the parameters)."""
         self.reducer.wait_all()
         self.reducer.zero()
+        self._updated_in_backward.clear()
         self._grad_loss_scale = 1.0
         for group in self.groups:
             for param in group.params:
@@ -444,7 +505,7 @@ class TiermemEngine:
         if self.param_scheduler is not None:
             self.param_scheduler.free_unused()
         self.reducer.wait_all()
-        keys = self.reducer.stepped_groups()
+        keys = [gi for gi in self.reducer.stepped_groups() if gi not in self._updated_in_backward]
         inv_scale = 1.0 / self._grad_loss_scale
         clip = self.settings.gradient_clipping
         fp16 = self.precision.kind == "fp16"
@@ -461,19 +522,16 @@ class TiermemEngine:
         hypers = [self._hyper(i) for i in range(len(self.optimizer.param_groups))]
         for gi in keys:
             self._group_steps[gi] = self._group_steps.get(gi, 0) + 1
-            group = self.groups[gi]
             items.append(
-                StepItem(
-                    group.key,
-                    partial(self.reducer.open_owner_grad, gi),
-                    partial(self.reducer.close_owner_grad, gi),
-                    group.update_target,
-                    group.after_update,
-                    self._group_steps[gi],
-                    tuple((lo, hi, hypers[i]) for lo, hi, i in self._segments.get(gi, ())),
+                self._step_item(
+                    gi,
+                    hypers,
+                    open_grad=partial(self.reducer.open_owner_grad, gi),
+                    close_grad=partial(self.reducer.close_owner_grad, gi),
                 )
             )
         self.shard_optimizer.step(items, hypers[0], grad_scale=inv_scale * clip_coef)
+        self._updated_in_backward.clear()
         self.loss_scaler.update(False)
         self.global_steps += 1
         self.global_samples += self.settings.train_batch_size

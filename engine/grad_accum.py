@@ -39,6 +39,11 @@ class GradAccumulators(ABC):
         """Done with :meth:`open`'s tensor (unchanged)."""
         return None
 
+    def fresh(self, gi: int) -> bool:
+        """Whether nothing has landed in group ``gi`` since the last :meth:`zero` (its
+        contents count as zero)."""
+        return False
+
     @abstractmethod
     def zero(self) -> None:
         """Every accumulator back to zero."""
@@ -58,7 +63,10 @@ class MemoryGradAccumulators(GradAccumulators):
 
     def add_group(self, gi: int, numel: int) -> None:
         self.tensors[gi] = torch.zeros(numel, dtype=torch.float32, device=self.device)
-        self._fresh.discard(gi)
+        self._fresh.add(gi)
+
+    def fresh(self, gi: int) -> bool:
+        return gi in self._fresh
 
     def land(self, gi: int, reduced: torch.Tensor) -> None:
         reduced = reduced.to(self.device)
@@ -98,6 +106,10 @@ class StoreGradAccumulators(GradAccumulators):
     def add_group(self, gi: int, numel: int) -> None:
         self.store.register(self._name(gi), numel, torch.float32)
         self._numel[gi] = numel
+        self._fresh.add(gi)
+
+    def fresh(self, gi: int) -> bool:
+        return gi in self._fresh
 
     def land(self, gi: int, reduced: torch.Tensor) -> None:
         acc = self.store.fetch(self._name(gi), self._host).wait()

@@ -105,6 +105,9 @@ class GradReducer:
         self.collectives = 0
         #: most collectives in flight at once (0 without overlap_comm)
         self.peak_in_flight = 0
+        #: called with (group, reduced owner gradient) as each reduction lands, before the
+        #: accumulator; True when it consumed the gradient (the engine's update in backward)
+        self.on_landed: Callable[[int, torch.Tensor], bool] | None = None
         self.accumulators = accumulators
         self.on_reduced = on_reduced
         self.backward_pass = backward_pass
@@ -116,6 +119,7 @@ class GradReducer:
         self._filled: dict[int, set[int]] = {}  # slots written into each bucket
         self._remaining: dict[int, int] = {}
         self._reduced: set[int] = set()
+        self._completed: set[int] = set()  # reduced because every parameter got its gradient
         self._waiting: list[tuple[int, torch.Tensor]] = []  # full buckets not yet reduced
         self._waiting_numel = 0
         self._in_flight: list[tuple[Pending | None, list[tuple[int, torch.Tensor]]]] = []
@@ -180,6 +184,7 @@ class GradReducer:
             self._remaining[gi] = len(self.groups[gi].params)
         self._remaining[gi] -= 1
         if self._remaining[gi] == 0:
+            self._completed.add(gi)
             self._reduce(gi)
 
     def _reduce(self, gi: int) -> None:
@@ -188,15 +193,15 @@ class GradReducer:
         self._remaining[gi] = len(group.params)
         self._reduced.add(gi)
         self.has_grads = True
+        if self.on_reduced is not None:  # the bucket holds the gradients: release the group
+            self.on_reduced(gi)
         if self.comm.world_size == 1:
-            self.accumulators.land(gi, bucket)  # nothing to reduce
+            self._deliver(gi, bucket)  # nothing to reduce
         else:
             self._waiting.append((gi, bucket))
             self._waiting_numel += bucket.numel()
             if self._waiting_numel >= self.bucket_numel:
                 self._issue()
-        if self.on_reduced is not None:
-            self.on_reduced(gi)
 
     def _issue(self) -> None:
         """One collective over the waiting buckets; lands it now unless ``overlap``."""
@@ -234,7 +239,18 @@ class GradReducer:
         if pending is not None:
             pending.wait()
         for gi, reduced in parts:
-            self.accumulators.land(gi, reduced)
+            self._deliver(gi, reduced)
+
+    def _deliver(self, gi: int, reduced: torch.Tensor) -> None:
+        # [Note: only groups every parameter of which got a gradient: a group
+        #  reduced at the end of backward with missing gradients may have got none
+        #  on any rank, and such a group is not stepped at all (stepped_groups).]
+        if self.on_landed is not None and gi in self._completed and self.accumulators.fresh(gi):
+            lay = self.groups[gi].layout
+            owned = reduced if self.shard_grads else reduced[lay.shard_start : lay.shard_end]
+            if self.on_landed(gi, owned):
+                return
+        self.accumulators.land(gi, reduced)
 
     def finish_backward(self) -> None:
         """Reduce what is still pending; called once at the end of each backward."""
@@ -245,6 +261,7 @@ class GradReducer:
         self._issue()
         self.wait_all()
         self._reduced.clear()
+        self._completed.clear()
 
     def wait_all(self) -> None:
         """Land every reduction in flight into the accumulators."""
