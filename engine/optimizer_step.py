@@ -5,10 +5,11 @@ master copy and both moments of every shard (keyed by group index) and, per
 step, receives each shard's fp32 gradient plus the tensor to write the new
 compute-dtype parameters into:
 
-* :class:`DeviceShardOptimizer` (``offload_optimizer.device: none``): states
-  on the compute device, updated by ``torch.optim.AdamW``/``Adam`` itself,
-  so the arithmetic is exactly torch's.
-* :class:`HostShardOptimizer` (``cpu``): states in host memory, updated by
+* :class:`DeviceShardOptimizer` (``offload_optimizer.device: none`` on a CUDA
+  device): states on the compute device, updated by ``torch.optim.AdamW``/``Adam``
+  itself, so the arithmetic is exactly torch's.
+* :class:`HostShardOptimizer` (``cpu``, and ``none`` when the compute device is
+  the CPU): states in host memory, updated by
   the fused SIMD kernel (:func:`tiermem.adam.adam_step`) one sub-group of
   ``sub_group_size`` elements at a time; the kernel applies the inverse loss
   scale and clip coefficient and writes the bf16/fp16/fp32 parameter copy
