@@ -18,7 +18,15 @@ backward (the recompute), so its pre-forward hook fires during backward.
 There it notes and prefetches along the *backward* trace: the forward
 trace's next groups belong to blocks backward has already finished, which
 would stay gathered, fetched from their tier, until the end of backward
-(memory growing with the number of layers).]
+(memory growing with the number of layers).
+
+[Note: torch's non-reentrant checkpoint stops the recompute as soon as the
+last saved tensor it needs exists ("early stop"), inside the last module's
+forward, whose post-forward hook then never runs. Acquisitions made by
+pre-forward hooks during backward are therefore counted, and those a
+post-forward did not release are released once the group's gradients are
+reduced (its backward users are done), or at the end of backward; else one
+group per checkpointed block would stay gathered for good.]
 """
 
 from __future__ import annotations
@@ -100,6 +108,7 @@ class ParamScheduler:
         self.backward_trace = _Trace()
         self._backward_refs: Counter[int] = Counter()
         self._in_backward = False  # from the first backward hook to finish_backward
+        self._recompute_refs: Counter[int] = Counter()  # pre-forward acquires in backward
         self._handles = []
         self.backward_pass = backward_pass
         backward_pass.add_finisher(self.finish_backward)
@@ -152,11 +161,15 @@ class ParamScheduler:
         for gi in self.module_uses[module]:
             trace.note(gi)
             self.groups[gi].acquire()
+            if self._in_backward:
+                self._recompute_refs[gi] += 1
             self._prefetch_after(gi, trace)
 
     def _post_forward(self, module: nn.Module, _args, output) -> None:
         uses = self.module_uses[module]
         for gi in uses:
+            if self._recompute_refs[gi] > 0:
+                self._recompute_refs[gi] -= 1
             self.groups[gi].release()
         if torch.is_grad_enabled():
             outputs = [
@@ -184,12 +197,12 @@ class ParamScheduler:
 
     def on_reduced(self, gi: int) -> None:
         """Group ``gi``'s gradients are handed off: its backward users are done."""
-        for _ in range(self._backward_refs.pop(gi, 0)):
+        for _ in range(self._backward_refs.pop(gi, 0) + self._recompute_refs.pop(gi, 0)):
             self.groups[gi].release()
 
     def finish_backward(self) -> None:
         """End of a backward pass: release what backward still holds, drop stray prefetches."""
-        for gi in list(self._backward_refs):
+        for gi in list(self._backward_refs) + list(self._recompute_refs):
             self.on_reduced(gi)
         self._in_backward = False
         self.backward_trace.recorded = True
