@@ -326,6 +326,13 @@ class FlatParamGroup:
         else:
             self.flat = torch.empty(lay.padded_numel, dtype=self.dtype, device=self.device)
             self._pending = self.comm.all_gather_flat(self.flat, shard, async_op=True)
+            if self._pending.done:
+                # [Note: one rank copies at once; the shard goes back to its home now
+                #  rather than staying fetched until the group is acquired (with NVMe
+                #  params, every prefetched group held a store buffer meanwhile).]
+                self._pending = None
+                self.home.unload(self.key)
+                self._loaded = False
 
     def _finish_gather(self) -> None:
         if self._pending is not None:
