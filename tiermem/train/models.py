@@ -121,14 +121,22 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
         self.register_buffer("positions", torch.arange(cfg.seq_len), persistent=False)
-        # GPT-2's initialisation, with the residual projections scaled by depth
+        # GPT-2's initialisation, with the residual projections scaled by depth.
+        # [Note: through Module.apply, which tiermem.init_context gathers around
+        #  each call; a loop over named_modules() wrote into the placeholders of
+        #  already partitioned blocks there, and the init was silently lost. The
+        #  leaves are visited in the same order, so the weights are unchanged.]
         residual_std = 0.02 / (2 * cfg.num_layers) ** 0.5
-        for name, module in self.named_modules():
+        residual = {id(m) for n, m in self.named_modules() if n.endswith((".proj", ".out"))}
+
+        def init(module: nn.Module) -> None:
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                std = residual_std if name.endswith((".proj", ".out")) else 0.02
+                std = residual_std if id(module) in residual else 0.02
                 nn.init.normal_(module.weight, std=std)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+        self.apply(init)
 
     @property
     def config(self) -> GPTConfig:
