@@ -122,6 +122,20 @@ def rng_state() -> dict[str, Any]:
     return out
 
 
+def restore_rank_rng(manifest: dict[str, Any], rank: int) -> None:
+    """Set this rank's RNG states from a checkpoint manifest; a rank the saving
+    run did not have keeps its own, with a warning."""
+    rngs = manifest["rng"]
+    if rank < len(rngs):
+        set_rng_state(rngs[rank])
+    else:
+        logger.warning(
+            "rank %d: the checkpoint was saved by %d ranks; RNG states left as they are",
+            rank,
+            len(rngs),
+        )
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore :func:`rng_state`'s result."""
     version, internal, gauss = state["python"]
@@ -655,16 +669,7 @@ def _restore_state(engine: Any, manifest: dict[str, Any]) -> None:
             "LR scheduler not restored: the %s has none",
             "checkpoint" if saved_sched is None else "engine",
         )
-    rngs = manifest["rng"]
-    rank = engine.comm.rank
-    if rank < len(rngs):
-        set_rng_state(rngs[rank])
-    else:
-        logger.warning(
-            "rank %d: the checkpoint was saved by %d ranks; RNG states left as they are",
-            rank,
-            len(rngs),
-        )
+    restore_rank_rng(manifest, engine.comm.rank)
 
 
 def load_checkpoint(

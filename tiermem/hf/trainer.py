@@ -50,7 +50,7 @@ from torch import nn
 from transformers import Trainer
 
 import tiermem
-from tiermem.engine.checkpoint import set_rng_state
+from tiermem.engine.checkpoint import restore_rank_rng
 from tiermem.engine.checkpoint_format import CheckpointError, read_manifest, resolve_checkpoint
 from tiermem.hf.config import resolve_trainer_config
 
@@ -359,16 +359,7 @@ class TiermemTrainer(Trainer):
         if checkpoint is None or self.engine is None:
             return super()._load_rng_state(checkpoint)
         manifest = read_manifest(resolve_checkpoint(self._engine_checkpoint(checkpoint), None))
-        rngs, rank = manifest["rng"], self.engine.comm.rank
-        if rank < len(rngs):
-            set_rng_state(rngs[rank])
-        else:
-            logger.warning(
-                "rank %d: %s was saved by %d ranks; RNG states left as they are",
-                rank,
-                checkpoint,
-                len(rngs),
-            )
+        restore_rank_rng(manifest, self.engine.comm.rank)
 
     def _load_best_model(self) -> None:
         if self.engine is None:
