@@ -52,6 +52,22 @@ def _check_model_parameters(model: nn.Module, model_parameters: Any) -> Any:
     return model_parameters
 
 
+def _seed_everything(seed: int) -> None:
+    """The config's ``seed``: Python's, NumPy's and torch's (every device's) RNGs.
+
+    [Note: applied at initialize, after the model is built: it fixes dropout
+     and the DataLoader's shuffling, not the model's initial weights (seed
+     before building the model for those, or load weights).]
+    """
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # NumPy's legacy seed takes 32 bits
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
 def initialize(
     model: nn.Module | None = None,
     optimizer: Any = None,
@@ -86,6 +102,8 @@ def initialize(
     init_distributed_from_env()
     comm = Communicator()
     settings = engine_settings(config, world_size=comm.world_size, model=model)
+    if settings.raw.seed is not None:
+        _seed_everything(settings.raw.seed)
     model_parameters = _check_model_parameters(model, model_parameters)
     client = optimizer
     if client is not None and not isinstance(client, torch.optim.Optimizer):
