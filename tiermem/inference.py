@@ -486,7 +486,14 @@ class StreamingModel:
 
     def _fetch(self, unit: _Unit) -> None:
         t0 = time.perf_counter()
-        handles = [(name, self.store.fetch(name, self.compute_tier)) for name in unit.tensors]
+        handles = []
+        try:
+            for name in unit.tensors:
+                handles.append((name, self.store.fetch(name, self.compute_tier)))
+        except BaseException:  # the fetch that raised took no reference; the earlier ones did
+            for name, _ in handles:
+                self.store.release(name, tier=self.compute_tier)
+            raise
         views: dict[str, torch.Tensor] = {}
         for i, (name, handle) in enumerate(handles):
             try:
