@@ -152,12 +152,25 @@ class DeviceShardOptimizer(ShardOptimizer):
     def step(self, items: Sequence[StepItem], hyper: AdamHyper, *, grad_scale: float) -> None:
         if not hyper.bias_correction:
             raise ValueError("the device optimizer needs bias_correction=True (torch's Adam)")
-        if any(len({h for _, _, h in item.segments}) > 1 for item in items):
-            raise NotImplementedError(
-                "optimizer param groups with different hyperparameters need the CPU Adam: "
-                'set "offload_optimizer": {"device": "cpu"} (or nvme)'
-            )
-        hyper = next((item.segments[0][2] for item in items if item.segments), hyper)
+        # [Note: torch's optimizer takes one hyperparameter set per step here, so the
+        #  items are stepped in batches of equal hyperparameters (torch skips the
+        #  masters whose grad is None). A shard split between param groups with
+        #  different hyperparameters cannot be, and is refused.]
+        batches: dict[AdamHyper, list[StepItem]] = {}
+        for item in items:
+            hypers = {h for _, _, h in item.segments}
+            if len(hypers) > 1:
+                raise NotImplementedError(
+                    "optimizer param groups with different hyperparameters within one module "
+                    'need the CPU Adam: set "offload_optimizer": {"device": "cpu"} (or nvme)'
+                )
+            batches.setdefault(hypers.pop() if hypers else hyper, []).append(item)
+        for batch_hyper, batch in batches.items():
+            self._step_batch(batch, batch_hyper, grad_scale=grad_scale)
+
+    def _step_batch(
+        self, items: Sequence[StepItem], hyper: AdamHyper, *, grad_scale: float
+    ) -> None:
         opt = self._optimizer(hyper)
         group = opt.param_groups[0]
         group.update(lr=hyper.lr, betas=hyper.betas, eps=hyper.eps, weight_decay=hyper.weight_decay)
