@@ -126,6 +126,8 @@ def test_nothing_fits_exits_1(tmp_path, capsys):
         (["--params", "1B"], ["--params needs --hidden and --layers"]),
         (["--hidden", "64"], ["go with --params"]),
         (["--params", "lots", "--hidden", "8", "--layers", "1"], ["not a count"]),
+        (["--params", "inf", "--hidden", "8", "--layers", "1"], ["--params", "finite"]),
+        (["--params", "nan", "--hidden", "8", "--layers", "1"], ["--params", "finite"]),
         (["--micro-batch", "0"], ["--micro-batch", "at least 1"]),
         (["--model", "tiny", "--hf-config", "x.json"], ["not allowed with argument"]),
         (["--nvme-path", "/nonexistent/dir"], ["--nvme-path", "not a directory"]),

@@ -30,8 +30,8 @@ def _count(text: str) -> int:
         value = float(t[:-1] if unit else t) * _SUFFIX[unit]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 125M, 1.3B, 7e9)") from None
-    if value < 1 or value != value:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    if not 1 <= value < float("inf"):  # nan and inf too (int(inf) raised OverflowError)
+        raise argparse.ArgumentTypeError(f"must be a finite number at least 1, got {text!r}")
     return int(value)
 
 
