@@ -33,9 +33,18 @@ def _check_model_parameters(model: nn.Module, model_parameters: Any) -> Any:
     if model_parameters is None:
         return None
     model_parameters = [
-        {**item, "params": list(item.get("params", ()))} if isinstance(item, dict) else item
+        {**item, "params": _param_list(item.get("params", ()))} if isinstance(item, dict) else item
         for item in model_parameters
     ]
+    # [Note: like torch.optim, all tensors or all param-group dicts: the engine
+    #  reads the dicts' hyperparameters only when every item is one, so a mix
+    #  would silently train with the config's.]
+    kinds = {isinstance(item, dict) for item in model_parameters}
+    if len(kinds) > 1:
+        raise TypeError(
+            "model_parameters: expected either parameters or param-group dicts "
+            '({"params": [...], "lr": ...}), not a mix of both'
+        )
     given: set[int] = set()
     for item in model_parameters:
         if isinstance(item, dict):
@@ -50,6 +59,12 @@ def _check_model_parameters(model: nn.Module, model_parameters: Any) -> Any:
             "set requires_grad=False on parameters that should not be trained"
         )
     return model_parameters
+
+
+def _param_list(params: Any) -> list[Any]:
+    """A param group's ``params`` as a list; one tensor is a group of one, as in torch.optim
+    (``list(tensor)`` would give its rows)."""
+    return [params] if isinstance(params, torch.Tensor) else list(params)
 
 
 def _seed_everything(seed: int) -> None:
