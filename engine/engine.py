@@ -387,11 +387,16 @@ class TiermemEngine:
         [Note: at an accumulation boundary, when the step needs no global
         gradient norm first (no clipping, no fp16 overflow check), each group is
         updated by the optimizer as soon as its reduced gradient lands, while
-        backward goes on: its optimizer-state I/O overlaps the rest of backward
-        and the gradient is never written to its accumulator (on NVMe: no
-        gradient traffic at all). Adam is per element and a group's gradient is
-        final once every node that used its parameters has run, so the result is
-        the one :meth:`step` would compute; :meth:`step` then updates the other
+        backward goes on: the gradient is never written to its accumulator (on
+        NVMe: no gradient traffic at all) and the state write-back overlaps the
+        rest of backward. The state *read* does not: a one-group step waits for
+        its own first chunk (nothing reads ahead along the backward order yet).
+        The reductions and the stage 1/2 all-gathers run inside backward then,
+        so every rank must finish the same groups in the same order (a
+        data-dependent graph, e.g. MoE routing, would mismatch collectives).
+        Adam is per element and a group's gradient is final once every node
+        that used its parameters has run, so the result is the one
+        :meth:`step` would compute; :meth:`step` then updates the other
         groups. A second backward before :meth:`step` would find groups already
         updated, so it is refused.]
         """

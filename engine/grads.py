@@ -258,8 +258,7 @@ class GradReducer:
         for gi in pending_groups:
             if gi in self._bucket or self.comm.world_size > 1:
                 self._reduce(gi)
-        self._issue()
-        self.wait_all()
+        self.wait_all()  # issues the last bucket first
         self._reduced.clear()
         self._completed.clear()
 
