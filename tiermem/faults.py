@@ -15,9 +15,9 @@ Items are separated by commas; each is ``KIND@[r|w]N[:ARG]``:
   reads or only its writes are counted.
 * ``eio`` / ``enospc``: the request fails with that errno; nothing is
   transferred.
-* ``short``: only the first half of the bytes is transferred and the request
-  reports that count as its result, without an error (as ``pread`` and
-  ``pwrite`` may): whoever waits on it must check the count.
+* ``short``: only the first half of the bytes is transferred and waiting on
+  the request raises ``OSError(EIO, "short read: X of Y bytes ...")``, as an
+  :class:`~tiermem.aio.AioRequest` does for a real short transfer.
 * ``delay:DURATION`` (``50ms``, ``2s``, ``300us``): the request completes
   that much later than it would have (``done()`` stays False meanwhile).
 * ``kill``: the request is submitted, then the process kills itself with
@@ -153,7 +153,7 @@ class _InjectedError:
 
 
 class _Wrapped:
-    """A real request whose completion is reported late or short."""
+    """A real request whose completion is reported late, or fails as short."""
 
     def __init__(self, req, *, nbytes: int, report: int | None, ready_at: float) -> None:
         self._req = req
@@ -169,7 +169,16 @@ class _Wrapped:
         if left > 0:
             time.sleep(left)
         got = self._req.wait()
-        return got if self._report is None else self._report
+        if self._report is None:
+            return got
+        # [Note: raised here as AioRequest.wait raises a short transfer, so the
+        #  store sees an injected short count exactly as it would a real one.]
+        raise OSError(
+            errno_mod.EIO,
+            f"short {self.op}: {self._report} of {self.nbytes} bytes at offset {self.offset} of "
+            f"{self.path} (injected fault)",
+            str(self.path),
+        )
 
 
 class FaultyAioFile:

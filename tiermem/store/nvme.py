@@ -382,22 +382,6 @@ def _free_bytes(directory: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def wait_complete(req) -> None:
-    """Wait for a swap file request; OSError if it failed or moved fewer bytes than asked.
-
-    [Note: AioRequest already turns a short count into an error; the store
-    checks again so that no file object (tiermem.faults models one that
-    reports the count, as pread does) can pass a short read off as data.]
-    """
-    got = req.wait()
-    if got != req.nbytes:
-        raise OSError(
-            errno_mod.EIO,
-            f"short {req.op}: {got} of {req.nbytes} bytes at offset {req.offset} of {req.path}",
-            str(req.path),
-        )
-
-
 # ---------------------------------------------------------------------------
 # the tier
 

@@ -17,7 +17,7 @@ import time
 from tiermem.checksum import crc32c
 from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreBudgetError, StoreCorruptionError, StoreError
-from tiermem.store.nvme import Extent, NvmeTier, wait_complete
+from tiermem.store.nvme import Extent, NvmeTier
 from tiermem.store.records import CopyRecord, EntryRecord, FlushOp, LoadOp
 from tiermem.store.schedule import PrefetchSchedule
 from tiermem.store.states import Residency, TierKind, check_transition
@@ -121,7 +121,7 @@ class Pager:
         error = None
         for r in f.pending:
             try:
-                wait_complete(r)
+                r.wait()
             except OSError as exc:
                 error = error or exc
         nv = e.copies[TierKind.NVME]
@@ -269,7 +269,7 @@ class Pager:
         error = None
         for r in load.pending:
             try:
-                wait_complete(r) if load.src is TierKind.NVME else r.wait()
+                r.wait()
             except OSError as exc:
                 error = error or exc
         if error is not None:
