@@ -281,8 +281,11 @@ def _write_rank_file(engine: Any, path: Path, plan: _RankPlan, access: Any) -> A
         return writer.close()
 
 
-def _write_json_synced(path: Path, obj: Any) -> None:
-    data = json.dumps(obj, sort_keys=True).encode()
+def _write_json_synced(path: Path, obj: Any, *, indent: int | None = None) -> None:
+    """Write ``obj`` as JSON to the new file ``path`` and fsync it (errors name the file)."""
+    data = json.dumps(obj, sort_keys=True, indent=indent).encode()
+    if indent is not None:
+        data += b"\n"
     with writing(path), open(path, "xb") as f:
         f.write(data)
         f.flush()

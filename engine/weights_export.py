@@ -38,7 +38,6 @@ the old output or the new one, never a half-written file under ``out``.]
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ import torch
 
 # [Note: the checkpoint loader's range reader (_fill over _Readers) and its choice of
 #  param vs fp32 master (_param_source), reused so export and load read alike.]
-from tiermem.engine.checkpoint import _fill, _param_source, _Readers
+from tiermem.engine.checkpoint import _fill, _param_source, _Readers, _write_json_synced
 from tiermem.engine.checkpoint_format import (
     CheckpointError,
     SafetensorsWriter,
@@ -150,14 +149,6 @@ def _write_file(path: Path, readers: _Readers, items: list[_Item]) -> None:
         w.close()
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "x", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -252,13 +243,13 @@ def export_weights(
                 }
                 total = sum(it.entry.nbytes for it in items)
                 index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-                _write_json(tmp / HF_INDEX, index)
+                _write_json_synced(tmp / HF_INDEX, index, indent=2)
                 names += (HF_INDEX,)
             config = dict(model_config)
             if dtype is not None:  # transformers >= 4.56 says "dtype", older "torch_dtype"
                 key = "dtype" if "dtype" in config else "torch_dtype"
                 config[key] = str(EXPORT_DTYPES[dtype]).removeprefix("torch.")
-            _write_json(tmp / HF_CONFIG, config)
+            _write_json_synced(tmp / HF_CONFIG, config, indent=2)
             names += (HF_CONFIG,)
             _fsync_dir(tmp)
         _publish(tmp, out, force=force)
