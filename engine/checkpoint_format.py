@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from tiermem.checksum import crc32c
+from tiermem.durable import fsync_dir
 
 __all__ = [
     "FORMAT_NAME",
@@ -167,14 +168,6 @@ class FileRecord:
     def to_json(self) -> dict[str, Any]:
         """The manifest form."""
         return {"bytes": self.nbytes, "crc32c": f"{self.crc32c:08x}"}
-
-
-def _fsync_dir(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -552,12 +545,12 @@ def commit_staging(save_dir: str | os.PathLike, tag: str) -> Path:
     """Make the staging directory of ``tag`` the checkpoint ``tag``, then point ``latest`` at it."""
     root = Path(save_dir)
     stage, final = staging_dir(root, tag), root / tag
-    _fsync_dir(stage)
+    fsync_dir(stage)
     pause_point("staged")
     if final.exists() and not final.is_symlink():
         if _rename_exchange(stage, final):
             pause_point("renamed")
-            _fsync_dir(root)
+            fsync_dir(root)
             write_latest(root, tag)
             shutil.rmtree(stage)  # the previous contents of tag
             return final
@@ -565,10 +558,10 @@ def commit_staging(save_dir: str | os.PathLike, tag: str) -> Path:
         if old.exists():
             shutil.rmtree(old)
         os.rename(final, old)
-        _fsync_dir(root)
+        fsync_dir(root)
         os.rename(stage, final)
         pause_point("renamed")
-        _fsync_dir(root)
+        fsync_dir(root)
         write_latest(root, tag)
         shutil.rmtree(old)
         return final
@@ -576,7 +569,7 @@ def commit_staging(save_dir: str | os.PathLike, tag: str) -> Path:
         final.unlink()
     os.rename(stage, final)
     pause_point("renamed")
-    _fsync_dir(root)
+    fsync_dir(root)
     write_latest(root, tag)
     return final
 
@@ -587,7 +580,7 @@ def write_latest(save_dir: str | os.PathLike, tag: str) -> None:
     tmp = root / f".{LATEST}.tmp"
     _write_file_synced(tmp, f"{validate_tag(tag)}\n".encode())
     os.rename(tmp, root / LATEST)
-    _fsync_dir(root)
+    fsync_dir(root)
     pause_point("latest")
 
 

@@ -46,6 +46,8 @@ from typing import Any
 
 import torch
 
+from tiermem.durable import fsync_dir
+
 # [Note: the checkpoint loader's range reader (_fill over _Readers) and its choice of
 #  param vs fp32 master (_param_source), reused so export and load read alike.]
 from tiermem.engine.checkpoint import _fill, _param_source, _Readers, _write_json_synced
@@ -53,7 +55,6 @@ from tiermem.engine.checkpoint_format import (
     CheckpointError,
     SafetensorsWriter,
     TensorEntry,
-    _fsync_dir,
     dtype_from_name,
     read_manifest,
     resolve_checkpoint,
@@ -166,7 +167,7 @@ def _publish(tmp: Path, out: Path, *, force: bool) -> None:
         _remove(aside)
         os.rename(out, aside)
     os.rename(tmp, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if aside is not None:
         _remove(aside)
 
@@ -251,7 +252,7 @@ def export_weights(
                 config[key] = str(EXPORT_DTYPES[dtype]).removeprefix("torch.")
             _write_json_synced(tmp / HF_CONFIG, config, indent=2)
             names += (HF_CONFIG,)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
         _publish(tmp, out, force=force)
     finally:
         readers.close()

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tiermem.durable import fsync_dir, write_all
+
 __all__ = ["write_json_atomic"]
 
 
@@ -42,10 +44,7 @@ def write_json_atomic(path: str | os.PathLike, doc: Any, *, overwrite: bool = Fa
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            write_all(fd, data)
         finally:
             os.close(fd)
         if overwrite:
@@ -57,9 +56,5 @@ def write_json_atomic(path: str | os.PathLike, doc: Any, *, overwrite: bool = Fa
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-    dir_fd = os.open(final.parent if str(final.parent) else ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(final.parent)
     return final

@@ -31,6 +31,7 @@ import torch
 from tiermem.aio import AioConfig, AioFile, AioRequest
 from tiermem.buffers import round_up
 from tiermem.checksum import crc32c
+from tiermem.durable import fsync_dir, write_all
 from tiermem.faults import FaultPlan, FaultyAioFile
 from tiermem.store.errors import StoreBudgetError, StoreError
 from tiermem.store.states import TierKind
@@ -313,14 +314,6 @@ def _scratch_header_of(fd: int, pid: int) -> bool:
     return isinstance(meta, dict) and meta.get("pid") == pid
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_table_atomic(directory: Path, table: dict) -> Path:
     """Write ``table`` as JSON: temp file, fsync, rename, fsync directory.
 
@@ -332,14 +325,11 @@ def write_table_atomic(directory: Path, table: dict) -> Path:
     data = json.dumps(table, sort_keys=True).encode()
     fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        write_all(fd, data)
     finally:
         os.close(fd)
     os.replace(tmp, final)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return final
 
 
