@@ -49,6 +49,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from tiermem.buffers import round_up
 from tiermem.planning.machine import MachineFacts
 from tiermem.planning.shapes import ModelShape
 
@@ -66,7 +67,6 @@ __all__ = [
 ]
 
 GiB = 1 << 30
-BLOCK = 4096
 
 
 class Placement(enum.Enum):
@@ -233,7 +233,8 @@ class PlacementEstimate:
 
 
 def _up(n: int | float) -> int:
-    return int(-(-int(n) // BLOCK) * BLOCK)
+    """Bytes as the store's buffers hold them (its alignment and rounding)."""
+    return round_up(int(n))
 
 
 def _shards(shape: ModelShape, world: int) -> list[int]:
