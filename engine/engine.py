@@ -266,8 +266,9 @@ class TiermemEngine:
         shared = client.param_groups if client is not None else None
         params: list[Any] = trainable
         if client is None and model_parameters is not None:
+            # initialize refused a mix: all dicts (param groups) or all tensors
             dicts = [item for item in model_parameters if isinstance(item, dict)]
-            if dicts and len(dicts) == len(model_parameters):
+            if dicts:
                 params = [
                     {**d, "params": [p for p in d["params"] if p.requires_grad]} for d in dicts
                 ]
