@@ -242,7 +242,7 @@ def default_units(module: nn.Module) -> list[str]:
 
 def _flat_layout(records: Sequence[_ParamRecord], dtype: torch.dtype) -> int:
     """Give each record its offset in one flat tensor; return the element count."""
-    align = max(_PARAM_ALIGN_BYTES // torch.empty((), dtype=dtype).element_size(), 1)
+    align = max(_PARAM_ALIGN_BYTES // dtype.itemsize, 1)
     numel = 0
     for rec in records:
         rec.offset = numel
@@ -362,7 +362,7 @@ class StreamingModel:
 
     def _nbytes(self, name: str) -> int:
         numel, dtype = self._tensor_sizes[name]
-        return numel * torch.empty((), dtype=dtype).element_size()
+        return numel * dtype.itemsize
 
     def _check_budgets(self) -> None:
         """Refuse budgets that cannot hold what must be resident at once."""
