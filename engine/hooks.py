@@ -149,7 +149,7 @@ class ParamScheduler:
                         break
                     group.prefetch()
                     self._live.add(nxt)
-                    live += 0 if group.persistent else size
+                    live += size  # as the bound above counts it
                 budget -= group.layout.numel
                 if budget <= 0:
                     break
