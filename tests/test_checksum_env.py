@@ -1,70 +1,56 @@
-"""TIERMEM_CRC forces the CRC32C implementation for the process; both agree."""
+"""TIERMEM_CRC forces the CRC32C implementation for the process; all agree."""
 
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 
 import pytest
+from crc_helpers import IMPLS, best, expected_name, random_bytes, run_forced, supported
 
 from tiermem.checksum import crc32c_scalar
 
-# [Note: the probe uses the C API through cffi, not torch, so each fresh
-#  interpreter starts quickly. It prints the implementation, then the CRC of
-#  slices at several offsets and lengths that reach every kernel path.]
-PROBE = """
-from tiermem._native import native
-ffi, lib = native.ffi, native.lib
-data = bytes((i * 2654435761 >> 13) & 0xFF for i in range(300_000))
-buf = ffi.from_buffer(data)
-print(ffi.string(lib.tm_crc32c_impl()).decode())
-for off, n in ((0, 0), (1, 9), (3, 800), (5, 24_600), (7, 299_000)):
-    print(lib.tm_crc32c(0, buf + off, n))
+# [Note: slices at several offsets and lengths that reach every kernel path:
+#  byte steps, the SSE4.2 short and long three-stream blocks, and the AVX-512
+#  aligned head, 256-byte folding blocks, 64-byte tail blocks and byte tail.]
+SLICES = ((0, 0), (1, 9), (3, 800), (63, 319), (63, 320), (5, 24_600), (7, 299_000))
+SEED, SIZE = 17, 300_064
+BODY = """
+data = aligned(random_bytes(params["seed"], params["size"]))
+result = [crc(data, off, n) for off, n in params["slices"]]
 """
-DATA = bytes((i * 2654435761 >> 13) & 0xFF for i in range(300_000))
-SLICES = ((0, 0), (1, 9), (3, 800), (5, 24_600), (7, 299_000))
-
-
-def has_sse42() -> bool:
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    return " sse4_2" in flags and " pclmulqdq" in flags
 
 
 @functools.cache
-def probe(value: str | None) -> tuple[str, ...]:
-    env = dict(os.environ)
-    env.pop("TIERMEM_CRC", None)
-    if value is not None:
-        env["TIERMEM_CRC"] = value
-    res = subprocess.run(
-        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert res.returncode == 0, res.stderr
-    return tuple(res.stdout.split())
+def probe(value: str | None) -> tuple[str, list[int]]:
+    return run_forced(value, BODY, seed=SEED, size=SIZE, slices=SLICES)
 
 
-def expected_crcs() -> list[str]:
-    return [str(crc32c_scalar(DATA[off : off + n])) for off, n in SLICES]
+def expected_crcs() -> list[int]:
+    data = random_bytes(SEED, SIZE)
+    return [crc32c_scalar(data[off : off + n]) for off, n in SLICES]
 
 
-@pytest.mark.parametrize(
-    "impl",
-    [
-        "scalar",
-        pytest.param("sse42", marks=pytest.mark.skipif(not has_sse42(), reason="no SSE4.2")),
-    ],
-)
+@pytest.mark.parametrize("impl", IMPLS)
 def test_env_forces_the_implementation_and_it_is_correct(impl):
-    name, *crcs = probe(impl)
-    assert name == impl
+    name, crcs = probe(impl)
+    # A forced implementation runs where the CPU has it (this machine has all
+    # three); where it does not, the best supported one runs instead.
+    assert name == expected_name(impl)
+    if supported(impl):
+        assert name == impl
     assert crcs == expected_crcs()
 
 
+def test_sse42_can_be_forced_where_avx512_is_the_default():
+    if supported("avx512"):
+        assert probe(None)[0] == "avx512"
+        assert probe("sse42")[0] == "sse42"
+    else:
+        assert probe(None)[0] == best() != "avx512"
+
+
 def test_unset_and_unknown_values_choose_the_best_supported():
-    best = "sse42" if has_sse42() else "scalar"
-    assert probe(None)[0] == best
-    name, *crcs = probe("crc9000")
-    assert name == best
+    assert probe(None)[0] == best()
+    name, crcs = probe("crc9000")
+    assert name == best()
     assert crcs == expected_crcs()

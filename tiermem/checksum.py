@@ -8,11 +8,14 @@ Example::
     crc = crc32c(second_half, crc)          # continue: CRC of the concatenation
     assert crc32c(b"123456789") == 0xE3069283
 
-The native library computes it with the SSE4.2 crc32 instruction on three
-interleaved streams where the CPU has SSE4.2 and PCLMUL (tens of GB/s), else
-with a byte-wise table; ``TIERMEM_CRC=scalar|sse42`` forces one for the
-process and :func:`impl_name` says which one runs. Both give the same CRC.
-The GIL is released during the computation.
+The native library computes it by carry-less multiply folding with AVX-512
+VPCLMULQDQ where the CPU and OS support it ("avx512", about twice "sse42"),
+else with the SSE4.2 crc32 instruction on three interleaved streams where
+the CPU has SSE4.2 and PCLMUL ("sse42", tens of GB/s), else with a byte-wise
+table ("scalar"). ``TIERMEM_CRC=avx512|sse42|scalar`` forces one for the
+process (an unknown or unsupported value gets the best supported one) and
+:func:`impl_name` says which one runs. All give the same CRC. The GIL is
+released during the computation.
 """
 
 from __future__ import annotations
@@ -92,5 +95,9 @@ def crc32c_raw(ptr: int, nbytes: int, value: int = 0) -> int:
 
 
 def impl_name() -> str:
-    """The implementation :func:`crc32c` uses in this process: ``"sse42"`` or ``"scalar"``."""
+    """The implementation :func:`crc32c` uses in this process.
+
+    ``"avx512"``, ``"sse42"`` or ``"scalar"``: chosen on first use from the
+    CPU, or forced by ``TIERMEM_CRC``.
+    """
     return native.ffi.string(native.lib.tm_crc32c_impl()).decode()

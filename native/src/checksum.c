@@ -1,8 +1,11 @@
 /* CRC32C front end: the portable table-driven implementation (the oracle),
- * x^n mod P for the fast kernel's shift constants, and the choice of
+ * x^n mod P for the fast kernels' constants, and the choice of
  * implementation (CPUID / TIERMEM_CRC). */
 #include <pthread.h>
 #include <stdlib.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <string.h>
 
 #include "checksum_internal.h"
@@ -54,6 +57,29 @@ static int sse42_supported(void) {
 #endif
 }
 
+/* AVX-512 F/BW/VL and VPCLMULQDQ in the CPU, and zmm state enabled by the OS.
+ * [Note: vpclmulqdq is read from CPUID leaf 7 (ECX bit 10) directly, and
+ *  XCR0 must have x87/SSE/AVX state (bits 1, 2) and opmask/zmm state (bits
+ *  5, 6, 7): a kernel that does not save zmm registers leaves the CPU flags
+ *  set, and the first AVX-512 instruction would fault.] */
+static int avx512_supported(void) {
+#if defined(__x86_64__)
+    if (!sse42_supported()) return 0;
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512vl"))
+        return 0;
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 27))) return 0; /* OSXSAVE */
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 10))) return 0;
+    uint32_t xcr0_lo, xcr0_hi;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    const uint32_t need = (1u << 1) | (1u << 2) | (1u << 5) | (1u << 6) | (1u << 7);
+    return (xcr0_lo & need) == need;
+#else
+    return 0;
+#endif
+}
+
 /* [Note: like TIERMEM_SIMD, an unknown or unsupported TIERMEM_CRC value falls
  *  back to the best supported implementation: it is a test knob, and every
  *  implementation computes the same CRC, so a typo costs speed, never data.
@@ -61,15 +87,23 @@ static int sse42_supported(void) {
 static void select_impl(void) {
     const char *env = getenv("TIERMEM_CRC");
     int want_scalar = env && strcmp(env, "scalar") == 0;
+    int want_sse42 = env && strcmp(env, "sse42") == 0;
 #if defined(__x86_64__)
     if (!want_scalar && sse42_supported()) {
         tm_crc32c_sse42_init();
+        if (!want_sse42 && avx512_supported()) {
+            tm_crc32c_avx512_init();
+            g_crc = tm_crc32c_avx512;
+            g_impl = "avx512";
+            return;
+        }
         g_crc = tm_crc32c_sse42;
         g_impl = "sse42";
         return;
     }
 #endif
     (void)want_scalar;
+    (void)want_sse42;
     g_crc = tm_crc32c_scalar;
     g_impl = "scalar";
 }
