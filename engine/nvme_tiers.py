@@ -115,11 +115,13 @@ class StoreParamHome(ParamHome):
     placement = "nvme"
     stable = False
 
-    def __init__(self, store: TensorStore, device: torch.device) -> None:
+    def __init__(self, store: TensorStore, device: torch.device, *, lend_bytes: int = 0) -> None:
+        """``lend_bytes``: the most shard bytes lent out at once as gathered buffers."""
         self.store = store
         self.device = device
+        self.lend_bytes = int(lend_bytes)
         self._numel: dict[int, int] = {}
-        self._open: dict[int, torch.Tensor] = {}
+        self._lent: dict[int, int] = {}  # key -> bytes lent
 
     @staticmethod
     def _name(key: int) -> str:
@@ -140,6 +142,28 @@ class StoreParamHome(ParamHome):
 
     def unload(self, key: int) -> None:
         self.store.release(self._name(key))
+
+    def lend(self, key: int) -> torch.Tensor | None:
+        """The store's host copy itself, when the compute device is the CPU.
+
+        [Note: a one-shard group (world size 1) then computes on the store's
+        buffer: no copy into a fresh flat buffer, whose page faults cost more
+        than the copy (3.9 against 21 GB/s here). The copy stays fetched while
+        lent, so it counts against the host tier, which build_placements sized
+        with ``lend_bytes`` of room for it; past that the group copies.]
+        """
+        if self.device.type != "cpu" or key in self._lent:
+            return None
+        nbytes = self.store.info(self._name(key))["nbytes"]
+        if sum(self._lent.values()) + nbytes > self.lend_bytes:
+            return None
+        shard = self.load(key)
+        self._lent[key] = nbytes
+        return shard
+
+    def give_back(self, key: int) -> None:
+        del self._lent[key]
+        self.unload(key)
 
     def open_for_update(self, key: int) -> torch.Tensor:
         return self.store.fetch(self._name(key), TierKind.HOST).wait()

@@ -39,6 +39,16 @@ class ParamHome(ABC):
         """The tensor from :meth:`load` is no longer used."""
         return None
 
+    def lend(self, key: int) -> torch.Tensor | None:
+        """The shard itself on the compute device, for a one-shard group to use as
+        its gathered buffer until :meth:`give_back`; None when this home cannot
+        lend it now (the caller copies from :meth:`load` instead)."""
+        return self.load(key) if self.stable else None
+
+    def give_back(self, key: int) -> None:
+        """The tensor from :meth:`lend` is no longer used."""
+        self.unload(key)
+
     @abstractmethod
     def open_for_update(self, key: int) -> torch.Tensor:
         """A tensor to write new values of ``key`` into (any device), until :meth:`close_update`."""

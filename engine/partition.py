@@ -232,7 +232,8 @@ class FlatParamGroup:
         self.refs = 0
         self.flat: torch.Tensor | None = None
         self._pending: Pending | None = None
-        self._loaded: bool = False
+        self._loaded: bool = False  # the shard is loaded from the home for a gather
+        self._lent: bool = False  # the flat buffer is the home's shard, lent until free()
         self._empty = torch.empty(0, dtype=dtype, device=device)
 
     @property
@@ -311,28 +312,28 @@ class FlatParamGroup:
         """Start gathering the flat buffer without waiting (a no-op unless SHARDED)."""
         if self.state is not GroupState.SHARDED:
             return
+        lay = self.layout
+        if lay.num_shards == 1:
+            lent = self.home.lend(self.key)  # if this raises, the group stays SHARDED
+            if lent is not None:
+                if lent.device == self.device and lent.dtype == self.dtype:
+                    # one shard is the whole buffer: no copy; given back when freed
+                    self._move(GroupState.GATHERING)
+                    self.flat, self._pending, self._lent = lent, None, True
+                    return
+                self.home.give_back(self.key)
         shard = self.home.load(self.key)  # if this raises, the group stays SHARDED
         self._move(GroupState.GATHERING)
         self._loaded = True
-        lay = self.layout
-        if (
-            lay.num_shards == 1
-            and self.home.stable
-            and shard.device == self.device
-            and shard.dtype == self.dtype
-        ):
-            self.flat = shard  # one shard is the whole buffer: no copy
+        self.flat = torch.empty(lay.padded_numel, dtype=self.dtype, device=self.device)
+        self._pending = self.comm.all_gather_flat(self.flat, shard, async_op=True)
+        if self._pending.done:
+            # [Note: one rank copies at once; the shard goes back to its home now
+            #  rather than staying fetched until the group is acquired (with NVMe
+            #  params, every prefetched group held a store buffer meanwhile).]
             self._pending = None
-        else:
-            self.flat = torch.empty(lay.padded_numel, dtype=self.dtype, device=self.device)
-            self._pending = self.comm.all_gather_flat(self.flat, shard, async_op=True)
-            if self._pending.done:
-                # [Note: one rank copies at once; the shard goes back to its home now
-                #  rather than staying fetched until the group is acquired (with NVMe
-                #  params, every prefetched group held a store buffer meanwhile).]
-                self._pending = None
-                self.home.unload(self.key)
-                self._loaded = False
+            self.home.unload(self.key)
+            self._loaded = False
 
     def _finish_gather(self) -> None:
         if self._pending is not None:
@@ -372,6 +373,9 @@ class FlatParamGroup:
         for param in self.params:
             param.data = self._empty
         self.flat = None
+        if self._lent:
+            self._lent = False
+            self.home.give_back(self.key)
 
     # -- optimizer updates ----------------------------------------------------------------
     def update_target(self) -> torch.Tensor:

@@ -67,6 +67,7 @@ class Partitioner:
             rank=self.comm.rank,
             dtype=self.dtype,
             largest_shard=largest_shard,
+            num_shards=self.num_shards,
         )
         return self.placements
 

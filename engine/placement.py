@@ -73,6 +73,7 @@ def build_placements(
     rank: int,
     dtype: torch.dtype,
     largest_shard: int,
+    num_shards: int = 1,
 ) -> Placements:
     """The placements ``settings`` asks for, for shards of at most ``largest_shard`` elements."""
     zero = settings.zero
@@ -83,6 +84,13 @@ def build_placements(
     param_bytes = _round_up(largest_shard * elem)
     chunk_bytes = _round_up(min(zero.sub_group_size, largest_shard) * 12)
     stores: dict[tuple[str, ...], object] = {}
+    lend_bytes = 0
+    if param_where == "nvme" and device.type == "cpu" and num_shards == 1:
+        # [Note: groups gathered on one rank whose compute device is the CPU
+        #  compute on the store's buffers (StoreParamHome.lend): room for
+        #  offload_param.buffer_count of them, as DeepSpeed's parameter swap
+        #  buffers hold the gathered parameters; past that a group copies.]
+        lend_bytes = zero.param_buffer_count * param_bytes
 
     def store_for(paths: tuple[str, ...], key: str):
         from tiermem.engine.nvme_tiers import StoreSpec, open_store, rank_paths
@@ -93,7 +101,7 @@ def build_placements(
             prefetch = 2 * max(param_bytes if param_where == "nvme" else 0, chunk_bytes)
             host = 2 * prefetch
             if param_where == "nvme":  # the buffers, plus one shard open for its update
-                host += (zero.param_buffer_count + 1) * param_bytes
+                host += (zero.param_buffer_count + 1) * param_bytes + lend_bytes
             if opt_where == "nvme":  # at least the sub-group updated and the one read ahead,
                 host += (max(zero.optimizer_buffer_count, 2) + 1) * chunk_bytes
                 host += 2 * _round_up(largest_shard * 4)  # and two gradient accumulators
@@ -117,7 +125,9 @@ def build_placements(
             from tiermem.engine.nvme_tiers import StoreParamHome
 
             home = StoreParamHome(
-                store_for(zero.param_nvme_path, "zero_optimization.offload_param.nvme_path"), device
+                store_for(zero.param_nvme_path, "zero_optimization.offload_param.nvme_path"),
+                device,
+                lend_bytes=lend_bytes,
             )
     if opt_where == "none" and device.type != "cpu":
         shard_optimizer: ShardOptimizer = DeviceShardOptimizer(device)

@@ -15,9 +15,10 @@ changing under them): observed/predicted 0.84-0.96 (no offload), 0.89-0.96
 optimizer on NVMe); the two ends are tested.
 The model as built (fp32, before initialize) is counted: the allocator keeps
 its pages after the engine frees it. With parameters and optimizer on NVMe a
-step wrote exactly the updated states and shards (the planner's no-reuse
-traffic also counts gradient write-backs) and read 0.56-0.87 of the predicted
-traffic, depending on how much the store's schedule reuses.]
+step wrote the updated states and shards less what stayed in the store's
+host budget (86% of them; the planner's no-reuse traffic also counts
+gradient write-backs) and read 0.56-0.87 of the predicted traffic, depending
+on how much the store's schedule reuses.]
 """
 
 from __future__ import annotations
@@ -74,9 +75,11 @@ def test_rss_growth_is_predicted(tmp_path, placement):
         e = _estimate(placement, str(tmp_path))
         traffic = e.nvme_bytes_per_step
         read, write = seen["store"]["nvme_read_per_step"], seen["store"]["nvme_write_per_step"]
-        # every updated state (and parameter shard) goes back to disk once a step ...
+        # every state (and parameter shard) is updated once a step and goes back to
+        # disk unless it stays in the store's host budget until its next use ...
         updated = e.nvme.items["fp32 master + Adam moments"] + e.nvme.items["parameter shards"]
-        assert 0.9 * updated <= write <= 1.2 * traffic["nvme_write"]
+        budget = seen["store"]["host"]["budget"]
+        assert updated - budget <= write <= 1.2 * traffic["nvme_write"]
         # ... and what is read is at most the no-reuse prediction
         assert 0 < read <= 1.2 * traffic["nvme_read"]
     assert 1 - TOLERANCE <= ratio <= 1 + TOLERANCE, (

@@ -269,7 +269,17 @@ def activation_bytes(shape: ModelShape, s: PlanSettings, *, checkpointing: bool)
     return embed + blocks + head + head_grad + per_block, "estimated"
 
 
-def _gathered(shape: ModelShape, s: PlanSettings, p: Placement) -> dict[str, int]:
+def _lent(shape: ModelShape, s: PlanSettings, p: Placement, device_is_host: bool) -> int:
+    """Elements of gathered groups computing on the store's buffers (``engine/placement.py``:
+    one rank whose compute device is the CPU, parameters on NVMe)."""
+    if not (device_is_host and s.world_size == 1 and p.param_device == "nvme"):
+        return 0
+    return s.param_buffer_count * max(_shards(shape, 1))
+
+
+def _gathered(
+    shape: ModelShape, s: PlanSettings, p: Placement, device_is_host: bool
+) -> dict[str, int]:
     """Device bytes of stage 3's gathered parameters and a gradient in flight."""
     b = s.dtype_bytes
     home_on_device = p.param_device == "none"
@@ -278,6 +288,8 @@ def _gathered(shape: ModelShape, s: PlanSettings, p: Placement) -> dict[str, int
         return {"gradient in flight": b * shape.largest_group}
     persistent = sum(g for g in shape.groups if g < s.param_persistence_threshold)
     window = min(shape.num_params - persistent, shape.largest_group + s.prefetch_bucket_size)
+    # the groups lent from the store are in its budget (_store_budget)
+    window -= _lent(shape, s, p, device_is_host)
     return {
         "persistent small groups (gathered)": b * persistent,
         "gathered parameters (largest group + prefetch)": b * max(window, 0),
@@ -285,7 +297,7 @@ def _gathered(shape: ModelShape, s: PlanSettings, p: Placement) -> dict[str, int
     }
 
 
-def _store_budget(shape: ModelShape, s: PlanSettings, p: Placement) -> int:
+def _store_budget(shape: ModelShape, s: PlanSettings, p: Placement, device_is_host: bool) -> int:
     """The engine store's host budget (``engine/placement.py``'s rule)."""
     largest = max(_shards(shape, s.world_size))
     param_bytes = _up(largest * s.dtype_bytes)
@@ -295,13 +307,17 @@ def _store_budget(shape: ModelShape, s: PlanSettings, p: Placement) -> int:
     host = 2 * prefetch
     if params_nvme:
         host += (s.param_buffer_count + 1) * param_bytes
+        if _lent(shape, s, p, device_is_host):
+            host += s.param_buffer_count * param_bytes
     if p.optimizer_device == "nvme":
         host += (max(s.optimizer_buffer_count, 2) + 1) * chunk_bytes
         host += 2 * _up(largest * 4)
     return host
 
 
-def _tiers(shape: ModelShape, s: PlanSettings, p: Placement) -> tuple[dict, dict, dict, int]:
+def _tiers(
+    shape: ModelShape, s: PlanSettings, p: Placement, device_is_host: bool
+) -> tuple[dict, dict, dict, int]:
     """(device items, host items, nvme items, pinned bytes)."""
     b = s.dtype_bytes
     shards = _shards(shape, s.world_size)
@@ -314,7 +330,7 @@ def _tiers(shape: ModelShape, s: PlanSettings, p: Placement) -> tuple[dict, dict
         device["parameter shards"] = b * n
     else:
         nvme["parameter shards"] = sum(_up(k * b) for k in shards)
-    device.update(_gathered(shape, s, p))
+    device.update(_gathered(shape, s, p, device_is_host))
     if p.optimizer_device == "none":
         device["fp32 master + Adam moments"] = 12 * n
         device["fp32 gradient accumulators"] = 4 * n
@@ -328,7 +344,7 @@ def _tiers(shape: ModelShape, s: PlanSettings, p: Placement) -> tuple[dict, dict
         )
         nvme["fp32 gradient accumulators"] = sum(_up(4 * k) for k in shards)
     if p.uses_nvme:
-        budget = _store_budget(shape, s, p)
+        budget = _store_budget(shape, s, p, device_is_host)
         host["offload buffers (store host budget)"] = budget
         pinned += budget if s.pin_memory else 0
         # [Note: the store writes a dirty copy to a new extent and frees the old one
@@ -400,7 +416,7 @@ def estimate(
 ) -> PlacementEstimate:
     """Bytes per tier, fit and step time of ``placement`` for ``shape`` on ``machine``."""
     s = settings
-    device, host, nvme, pinned = _tiers(shape, s, placement)
+    device, host, nvme, pinned = _tiers(shape, s, placement, machine.device_is_host)
     if machine.device_is_host:
         pinned = 0  # nothing is pinned without CUDA
     act, _ = activation_bytes(shape, s, checkpointing=False)
