@@ -26,15 +26,15 @@ SWAP_DISK_MARGIN = 64 << 10
 
 
 def check_soak(rec: SoakRecord, ref: SoakRecord, mark: int) -> None:
-    # the budget holds under a third of the state. All tensors but at most 2% of them are
-    # read back from NVMe at least once per step; those few are the shards the next step
-    # starts with, which next-use eviction keeps resident on some steps (how many depends
-    # on when the prefetches complete). No step reads back fewer than 95% of the tensors.
+    # the budget holds under a third of the state. All tensors but at most 3% of them are
+    # read back from NVMe at least once per step; those few are what the store's
+    # write-behind plan keeps resident across steps in the room the working set leaves
+    # (4 parameter shards of 150 tensors here). No step reads back fewer than 95% of them.
     assert 3 * rec.host_budget < rec.store_bytes
     steps = len(rec.losses)
     assert rec.reads_total.keys() == rec.store_names
     kept = {name: n for name, n in rec.reads_total.items() if n < steps}
-    assert len(kept) <= 0.02 * rec.store_tensors, kept
+    assert len(kept) <= 0.03 * rec.store_tensors, kept
     for step, missing in enumerate(rec.not_read):
         assert len(missing) <= 0.05 * rec.store_tensors, f"step {step}: not read {missing}"
     assert sum(ref.evictions) == 0  # the reference budget really holds everything

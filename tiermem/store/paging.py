@@ -19,6 +19,7 @@ from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreBudgetError, StoreCorruptionError, StoreError
 from tiermem.store.nvme import Extent, NvmeTier
 from tiermem.store.records import CopyRecord, EntryRecord, FlushOp, LoadOp
+from tiermem.store.residency import plan_keeps
 from tiermem.store.schedule import PrefetchSchedule
 from tiermem.store.states import Residency, TierKind, check_transition
 from tiermem.store.telemetry import StoreTelemetry
@@ -44,6 +45,7 @@ class Pager:
     _loads: list[LoadOp]
     _flushes: list[FlushOp]
     _write_errors: list[StoreError]
+    _keep_plan: tuple[tuple[int, int], list[bool]] | None = None
 
     def _mem(self, kind: TierKind) -> MemoryTier:
         return self._device if kind is TierKind.DEVICE else self._host
@@ -365,14 +367,25 @@ class Pager:
     def _victims(
         self, tier: TierKind, distance: int | None, keep: CopyRecord | None
     ) -> list[tuple[EntryRecord, CopyRecord]]:
+        # [Note: with a schedule, the copies the write-behind plan keeps until
+        #  their next fetch go last, then the farthest needed first (Belady).
+        #  The plan's replay of Belady alone can settle into a cycle longer
+        #  than one pass (four tensors through room for two keep a different
+        #  one each pass): ranking by the plan first makes every pass repeat
+        #  the plan, so what it did not write behind is not evicted.]
         usable = self.schedule.usable
         out = []
         for e in self._resident[tier].values():
             c = e.copies[tier]
+            # [Note: with a schedule, a copy being written behind stays a candidate:
+            #  it is the one the write-behind plan expects to go, and evicting
+            #  another in its place would break the plan (an extra read, and a
+            #  write at eviction). _make_room waits for its write on demand.]
+            evictable = (R.CLEAN, R.DIRTY, R.FLUSHING) if usable else (R.CLEAN, R.DIRTY)
             if (
                 c is keep
                 or e.home is tier
-                or c.state not in (R.CLEAN, R.DIRTY)
+                or c.state not in evictable
                 or c.refs
                 or c.pins
                 or c.holds
@@ -383,13 +396,14 @@ class Pager:
                 far = _INF if nu is None else nu
                 if distance is not None and far <= distance:
                     continue
-                out.append((-far, c.last_use, e, c))
+                kept = tier is TierKind.HOST and self._kept_until_next_fetch(e)
+                out.append((kept, -far, c.last_use, e, c))
             else:
                 if distance is not None:
                     continue
-                out.append((0, c.last_use, e, c))
-        out.sort(key=lambda v: (v[0], v[1]))
-        return [(e, c) for _, _, e, c in out]
+                out.append((False, 0, c.last_use, e, c))
+        out.sort(key=lambda v: v[:3])
+        return [(e, c) for *_, e, c in out]
 
     def _make_room(
         self,
@@ -454,6 +468,11 @@ class Pager:
                     ) from stuck_error
                 raise err
             e, c = victims[0]
+            if c.state is R.FLUSHING:
+                if distance is not None:
+                    return False
+                self._wait_flush(c.flush)  # then CLEAN (or DIRTY again if it failed)
+                continue
             try:
                 self._evict(e, c)
             except StoreError as exc:
@@ -476,6 +495,7 @@ class Pager:
         # dirty: write it toward home first
         if c.tier is TierKind.HOST and e.home is TierKind.NVME:
             self._start_flush(e, c, evict=True)
+            self.telemetry.eviction_writes += 1
             return
         self._set(e, c, R.EVICTING)
         try:
@@ -517,27 +537,55 @@ class Pager:
         """Start writing a just-released dirty host copy home if it will likely
         be evicted before it is used again, so its eviction later costs nothing.
 
-        [Note: with a schedule: when the tensor is not fetched again in this
-        pass (optimizer states, updated parameters); without one: when the
-        host tier is short of room for the prefetch window. A tensor dirtied
-        again while resident (an accumulation buffer) is not rewritten each
-        time.]
+        [Note: with a schedule: unless the replay of the schedule under the
+        eviction rule (:func:`plan_keeps`) keeps the copy resident until its
+        next fetch, so state that stays in host memory across passes is not
+        rewritten every pass; without one: when the host tier is short of room
+        for the prefetch window. A tensor dirtied again while resident (an
+        accumulation buffer) is not rewritten each time.]
         """
         if c.tier is not TierKind.HOST or e.home is not TierKind.NVME:
             return
         if c.refs or c.state is not R.DIRTY or c.flush is not None:
             return
         if self.schedule.usable:
-            nu = self.schedule.next_use((e.name, TierKind.HOST))
-            left = len(self.schedule) - self.schedule.position
-            if nu is not None and nu < left:
+            if self._kept_until_next_fetch(e):
                 return
         elif self._host.free >= self._host.footprint(e.nbytes) + self.cfg.prefetch_bytes:
             return
         try:
             self._start_flush(e, c, evict=False)
+            self.telemetry.write_behinds += 1
         except StoreError:
             pass  # no space now: the eviction retries and reports it
+
+    def _kept_until_next_fetch(self, e: EntryRecord) -> bool:
+        """Whether the schedule's replay keeps ``e``'s host copy resident from
+        its latest fetch to its next one."""
+        sched = self.schedule
+        pos = sched.last_fetch((e.name, TierKind.HOST))
+        if pos is None:
+            return False
+        if self._keep_plan is None or self._keep_plan[0] != sched.version:
+            self._keep_plan = (sched.version, self._plan_keeps())
+        return self._keep_plan[1][pos]
+
+    def _plan_keeps(self) -> list[bool]:
+        # [Note: the capacity leaves out the prefetch window (prefetched copies
+        #  take their room before the replay's fetch does) and host-homed
+        #  tensors, which are never evicted. A plan that keeps too much costs an
+        #  eviction that writes (as without a plan); one that keeps too little
+        #  costs a write that was not needed.]
+        host = self._host
+        sizes: dict[tuple[str, TierKind], int] = {}
+        homed = 0
+        for name, e in self._entries.items():
+            if e.home is TierKind.HOST:
+                homed += host.footprint(e.nbytes)
+            elif e.home is TierKind.NVME:
+                sizes[(name, TierKind.HOST)] = host.footprint(e.nbytes)
+        capacity = host.budget - self.cfg.prefetch_bytes - homed
+        return plan_keeps(self.schedule.entries, sizes, capacity)
 
     # ---- prefetch ----
     def _prefetch(self) -> None:

@@ -150,5 +150,19 @@ class PrefetchSchedule:
             return uses[i] - self.position
         return n - self.position + uses[0]
 
+    def last_fetch(self, key: Key) -> int | None:
+        """Position of the latest fetch of ``key`` before the current position
+        (wrapping to the previous pass); None if the recording never fetches it."""
+        uses = self._uses.get(key) if self.usable else None
+        if not uses:
+            return None
+        i = bisect.bisect_left(uses, self.position)
+        return uses[i - 1] if i > 0 else uses[-1]
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes whenever a recording completes or is dropped."""
+        return (self.passes_recorded, self.invalidations)
+
     def __len__(self) -> int:
         return len(self.entries)

@@ -328,7 +328,7 @@ class TensorStore(Pager):
         c.refs -= 1
         c.last_use = self._next_tick()
         self._pump(report=False)
-        if dirty:
+        if c.state is R.DIRTY:  # also the last release of a copy dirtied while shared
             self._write_behind(e, c)
         self._prefetch()
 

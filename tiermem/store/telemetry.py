@@ -43,6 +43,8 @@ class StoreTelemetry:
         self.prefetch_misses = 0
         self.prefetches_issued = 0
         self.write_backs = 0
+        self.write_behinds = 0  # writes begun at a release, ahead of an eviction
+        self.eviction_writes = 0  # dirty host copies whose write only began at eviction
         self.events: list[tuple[str, str, float, float, int]] = []
         self.events_dropped = 0
 
@@ -98,6 +100,8 @@ class StoreTelemetry:
             "prefetches_issued": self.prefetches_issued,
             "evictions": {t.value: self.evictions.get(t, 0) for t in TierKind},
             "write_backs": self.write_backs,
+            "write_behinds": self.write_behinds,
+            "eviction_writes": self.eviction_writes,
             "tiers": self._tier_stats() if self._tier_stats else {},
             "trace_events": len(self.events),
             "trace_events_dropped": self.events_dropped,
