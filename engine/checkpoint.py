@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -456,8 +457,6 @@ def save_checkpoint(
         }
         _write_json_synced(stage / f"rank{comm.rank:05d}.json", contribution)
 
-    _all_ok(engine, write_own, "writing the tensors")
-
     def finish() -> Path:
         contributions = []
         for r in range(comm.world_size):
@@ -476,7 +475,17 @@ def save_checkpoint(
             (stage / f"rank{r:05d}.json").unlink()
         return commit_staging(root, tag)
 
-    final = _all_ok(engine, finish if comm.rank == 0 else lambda: None, "committing")
+    try:
+        _all_ok(engine, write_own, "writing the tensors")
+        final = _all_ok(engine, finish if comm.rank == 0 else lambda: None, "committing")
+    except BaseException:
+        # [Note: every rank has stopped writing (_all_ok agreed on the failure):
+        #  the partial staging directory goes now rather than holding disk space
+        #  (a full disk is a likely cause) until the next save. A killed process
+        #  cannot do this; the next save removes what it left.]
+        if comm.rank == 0:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
     nbytes = sum(f.stat().st_size for f in (root / tag).iterdir()) if comm.rank == 0 else 0
     logger.info(
         "saved checkpoint %s (%d bytes on rank 0's view) in %.2f s",

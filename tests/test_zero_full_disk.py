@@ -128,6 +128,7 @@ def test_disk_filled_mid_run_keeps_training_and_the_last_checkpoint(small_fs, tm
     with pytest.raises(OSError) as err:  # the save does not fit: named, nothing replaced
         engine.save_checkpoint(ckpt)
     assert err.value.errno == errno.ENOSPC and str(ckpt) in str(err.value), err.value
+    assert [p.name for p in ckpt.iterdir() if p.name.endswith(".tmp")] == []  # nothing left
     engine.close()
     assert read_latest(ckpt) == saved
     (small_fs / "ballast").unlink()
