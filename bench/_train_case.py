@@ -188,7 +188,7 @@ def _store_totals(stores: list) -> dict[str, Any]:
     moved: dict[str, int] = {}
     stall = 0.0
     tiers: dict[str, dict[str, float]] = {}
-    hits = misses = 0
+    hits = misses = behind = at_eviction = 0
     for store in stores:
         snap = store.telemetry.snapshot()
         for pair, n in snap["bytes_moved"].items():
@@ -196,6 +196,8 @@ def _store_totals(stores: list) -> dict[str, Any]:
         stall += snap["stall_seconds"]
         hits += snap["prefetch_hits"]
         misses += snap["prefetch_misses"]
+        behind += snap["write_behinds"]
+        at_eviction += snap["eviction_writes"]
         for tier, stats in (snap.get("tiers") or {}).items():
             merged = tiers.setdefault(tier, {})
             for k, v in stats.items():
@@ -206,6 +208,8 @@ def _store_totals(stores: list) -> dict[str, Any]:
         "stall_seconds": stall,
         "prefetch_hits": hits,
         "prefetch_misses": misses,
+        "write_behinds": behind,
+        "eviction_writes": at_eviction,
         "tiers": tiers,
     }
 
@@ -219,6 +223,9 @@ def _delta(before: dict, after: dict) -> dict:
         "stall_seconds": after["stall_seconds"] - before["stall_seconds"],
         "prefetch_hits": after["prefetch_hits"] - before["prefetch_hits"],
         "prefetch_misses": after["prefetch_misses"] - before["prefetch_misses"],
+        # writes begun at a release (the schedule's plan) and those an eviction had to begin
+        "write_behinds": after["write_behinds"] - before["write_behinds"],
+        "eviction_writes": after["eviction_writes"] - before["eviction_writes"],
     }
 
 

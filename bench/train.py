@@ -185,6 +185,9 @@ def summarize(result: dict, warmup: int) -> dict:
             stall_seconds_per_step=statistics.median(s["stall_seconds"] for s in steps),
             prefetch_hits=sum(s["prefetch_hits"] for s in steps),
             prefetch_misses=sum(s["prefetch_misses"] for s in steps),
+            write_behinds=sum(s.get("write_behinds", 0) for s in steps),
+            eviction_writes=sum(s.get("eviction_writes", 0) for s in steps),
+            host_budget_bytes=result["store"]["tiers"].get("host", {}).get("budget", 0),
             tiers=result["store"]["tiers"],
         )
     return out
