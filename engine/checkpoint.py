@@ -429,7 +429,7 @@ def save_checkpoint(
     rank_file = f"rank{comm.rank:05d}.safetensors"
 
     def write_own() -> None:
-        access = optimizer_access(engine.shard_optimizer, hyper=engine._hyper)
+        access = optimizer_access(engine.shard_optimizer)
         plan = _plan(engine, access)
         record = _write_rank_file(engine, stage / rank_file, plan, access)
         pieces = [
@@ -713,7 +713,7 @@ def load_checkpoint(
     params = manifest["params"]
     try:
         steps: dict[int, int] = {}
-        access = optimizer_access(engine.shard_optimizer, hyper=engine._hyper)
+        access = optimizer_access(engine.shard_optimizer)
         for group in engine.groups:
             _load_params(engine, group, params, readers)
             if group.trainable:

@@ -14,8 +14,8 @@ beyond where the engine already keeps it.
 
 [Note: the shard optimizers expose whole-shard copies only
 (``ShardOptimizer.state``), so these accessors read the placements'
-storage directly (by ``placement``: ``none`` device tensors and torch's
-optimizer state, ``cpu`` host tensors, ``nvme`` store sub-groups
+storage directly (by ``placement``: ``none`` device tensors, ``cpu`` host
+tensors, ``nvme`` store sub-groups
 ``[master | m | v]``). A chunked read/write API on ``ShardOptimizer`` would
 let this module drop that knowledge.]
 """
@@ -70,8 +70,8 @@ class OptimizerStateAccess(ABC):
     def write(self, key: int, lo: int, hi: int, *, step: int) -> Iterator[dict[str, torch.Tensor]]:
         """Host fp32 tensors to fill with ``KINDS`` of ``[lo, hi)``; stored when the block ends.
 
-        ``step`` is the group's Adam step count (the device placement keeps it in
-        torch's optimizer state).
+        ``step`` is the group's Adam step count (the engine keeps it; no placement
+        stores it).
         """
 
 
@@ -91,54 +91,26 @@ class _HostAccess(OptimizerStateAccess):
         yield {k: t[lo:hi] for k, t in zip(KINDS, self.states[key], strict=True)}
 
 
-def _scalar_dtype() -> torch.dtype:
-    # the dtype torch's Adam keeps its "step" in (non-fused, non-capturable)
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-
-
 class _DeviceAccess(OptimizerStateAccess):
-    """States on the compute device; moments live in torch's optimizer state."""
+    """States on the compute device: one ``(master, exp_avg, exp_avg_sq)`` per shard."""
 
-    def __init__(self, opt: Any, hyper: Any) -> None:
-        self.opt = opt
-        self.hyper = hyper
+    def __init__(self, opt: Any) -> None:
+        self.states: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = opt._states
 
     def numel(self, key: int) -> int:
-        return self.opt._master[key].numel()
-
-    def _moments(self, key: int) -> dict[str, torch.Tensor]:
-        master = self.opt._master[key]
-        torch_opt = self.opt._torch_opt
-        return torch_opt.state.get(master, {}) if torch_opt is not None else {}
+        return self.states[key][0].numel()
 
     @contextmanager
     def read(self, key: int, lo: int, hi: int) -> Iterator[dict[str, torch.Tensor]]:
-        master = self.opt._master[key]
-        st = self._moments(key)
-        out = {"master": master[lo:hi].detach().cpu()}
-        for kind in KINDS[1:]:
-            t = st.get(kind)
-            out[kind] = t[lo:hi].detach().cpu() if t is not None else torch.zeros(hi - lo)
-        yield out
+        yield {k: t[lo:hi].detach().cpu() for k, t in zip(KINDS, self.states[key], strict=True)}
 
     @contextmanager
     def write(self, key: int, lo: int, hi: int, *, step: int) -> Iterator[dict[str, torch.Tensor]]:
         host = {k: torch.empty(hi - lo, dtype=torch.float32) for k in KINDS}
         yield host
-        master = self.opt._master[key]
         with torch.no_grad():
-            master[lo:hi].copy_(host["master"])
-        if step <= 0:
-            return  # torch initialises the moments at the group's first step
-        torch_opt = self.opt._optimizer(self.hyper())
-        st = torch_opt.state[master]
-        if "exp_avg" not in st:
-            st["step"] = torch.tensor(float(step), dtype=_scalar_dtype())
-            st["exp_avg"] = torch.zeros_like(master, memory_format=torch.preserve_format)
-            st["exp_avg_sq"] = torch.zeros_like(master, memory_format=torch.preserve_format)
-        st["step"].fill_(float(step))
-        st["exp_avg"][lo:hi].copy_(host["exp_avg"])
-        st["exp_avg_sq"][lo:hi].copy_(host["exp_avg_sq"])
+            for kind, t in zip(KINDS, self.states[key], strict=True):
+                t[lo:hi].copy_(host[kind])
 
 
 class _StoreAccess(OptimizerStateAccess):
@@ -186,14 +158,13 @@ class _StoreAccess(OptimizerStateAccess):
             yield views
 
 
-def optimizer_access(shard_optimizer: Any, *, hyper: Any) -> OptimizerStateAccess:
-    """The accessor for ``shard_optimizer`` (by its ``placement``); ``hyper()`` gives the
-    current :class:`~tiermem.engine.optimizer_step.AdamHyper` (device placement only)."""
+def optimizer_access(shard_optimizer: Any) -> OptimizerStateAccess:
+    """The accessor for ``shard_optimizer`` (by its ``placement``)."""
     placement = getattr(shard_optimizer, "placement", None)
     if placement == "cpu":
         return _HostAccess(shard_optimizer)
     if placement == "none":
-        return _DeviceAccess(shard_optimizer, hyper)
+        return _DeviceAccess(shard_optimizer)
     if placement == "nvme":
         return _StoreAccess(shard_optimizer)
     raise TypeError(

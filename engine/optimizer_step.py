@@ -6,8 +6,9 @@ step, receives each shard's fp32 gradient plus the tensor to write the new
 compute-dtype parameters into:
 
 * :class:`DeviceShardOptimizer` (``offload_optimizer.device: none`` on a CUDA
-  device): states on the compute device, updated by ``torch.optim.AdamW``/``Adam``
-  itself, so the arithmetic is exactly torch's.
+  device): states on the compute device, updated with torch tensor ops in the
+  order torch's single-tensor ``AdamW``/``Adam`` uses, one shard (and param
+  group range) at a time.
 * :class:`HostShardOptimizer` (``cpu``, and ``none`` when the compute device is
   the CPU): states in host memory, updated by
   the fused SIMD kernel (:func:`tiermem.adam.adam_step`) one sub-group of
@@ -124,89 +125,93 @@ def _write_out(item: StepItem, values: torch.Tensor) -> None:
     item.close_target()
 
 
+_KINDS = ("master", "exp_avg", "exp_avg_sq")
+
+
+def _torch_adam(
+    states: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    grad: torch.Tensor,
+    hyper: AdamHyper,
+    *,
+    step: int,
+    grad_scale: float,
+) -> None:
+    """One Adam/AdamW update of ``states`` (master, exp_avg, exp_avg_sq views) in place.
+
+    [Note: the operations and their order are those of torch's single-tensor
+    ``Adam``/``AdamW`` (decoupled decay ``p *= 1 - lr*wd``, or L2 ``g += wd*p``;
+    ``m.lerp_``; ``v*b2 + (1-b2)*g*g``; ``denom = sqrt(v)/sqrt(bc2) + eps``;
+    ``p -= lr/bc1 * m/denom``), so the result is bit for bit torch's on the CPU.
+    Without bias correction both corrections are 1, as in the CPU kernel.]
+    """
+    param, exp_avg, exp_avg_sq = states
+    beta1, beta2 = hyper.betas
+    if grad_scale != 1.0:
+        grad = grad * grad_scale
+    if hyper.weight_decay != 0:
+        if hyper.adamw_mode:
+            param.mul_(1 - hyper.lr * hyper.weight_decay)
+        else:
+            grad = grad.add(param, alpha=hyper.weight_decay)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    if hyper.bias_correction:
+        # torch keeps the step as a float tensor and reads it back as a Python float
+        bias_correction1 = 1 - beta1 ** float(step)
+        bias_correction2 = 1 - beta2 ** float(step)
+    else:
+        bias_correction1 = bias_correction2 = 1.0
+    step_size = hyper.lr / bias_correction1
+    denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(hyper.eps)
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
 class DeviceShardOptimizer(ShardOptimizer):
-    """States on the compute device; the update is torch's own AdamW/Adam."""
+    """States on the compute device (fp32 master, ``exp_avg``, ``exp_avg_sq`` per shard),
+    updated with torch tensor ops: the arithmetic of torch's single-tensor AdamW/Adam."""
 
     placement = "none"
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._master: dict[int, torch.Tensor] = {}
-        self._torch_opt: torch.optim.Optimizer | None = None
-        self._adamw_mode: bool | None = None
+        self._states: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def add(self, key: int, master: torch.Tensor) -> None:
-        if self._torch_opt is not None:
-            raise RuntimeError("shards must all be added before the first step")
-        self._master[key] = master.detach().to(self.device, torch.float32).clone()
-
-    def _optimizer(self, hyper: AdamHyper) -> torch.optim.Optimizer:
-        if self._torch_opt is None or self._adamw_mode != hyper.adamw_mode:
-            if self._torch_opt is not None:
-                raise RuntimeError("adamw_mode cannot change between steps")
-            cls = torch.optim.AdamW if hyper.adamw_mode else torch.optim.Adam
-            self._torch_opt = cls(list(self._master.values()), lr=hyper.lr)
-            self._adamw_mode = hyper.adamw_mode
-        return self._torch_opt
+        # [Note: the moments are allocated with the master rather than at the first step:
+        #  the same peak as torch's optimizer once training runs, and a checkpoint load
+        #  can fill them before any step.]
+        values = master.detach().reshape(-1).to(self.device, torch.float32, copy=True)
+        self._states[key] = (values, torch.zeros_like(values), torch.zeros_like(values))
 
     def step(self, items: Sequence[StepItem], hyper: AdamHyper, *, grad_scale: float) -> None:
-        if not hyper.bias_correction:
-            raise ValueError("the device optimizer needs bias_correction=True (torch's Adam)")
-        # [Note: torch's optimizer takes one hyperparameter set per step here, so the
-        #  items are stepped in batches of equal hyperparameters (torch skips the
-        #  masters whose grad is None). A shard split between param groups with
-        #  different hyperparameters cannot be, and is refused.]
-        batches: dict[AdamHyper, list[StepItem]] = {}
+        # [Note: each item's own states are updated, segment by segment with that
+        #  segment's hyperparameters (Adam is elementwise), so a step costs O(len(items))
+        #  however many shards exist: the engine steps one group at a time during backward.
+        #  torch.optim would clear and loop over every master on each call.]
         for item in items:
-            hypers = {h for _, _, h in item.segments}
-            if len(hypers) > 1:
-                raise NotImplementedError(
-                    "optimizer param groups with different hyperparameters within one module "
-                    'need the CPU Adam: set "offload_optimizer": {"device": "cpu"} (or nvme)'
-                )
-            batches.setdefault(hypers.pop() if hypers else hyper, []).append(item)
-        for batch_hyper, batch in batches.items():
-            self._step_batch(batch, batch_hyper, grad_scale=grad_scale)
-
-    def _step_batch(
-        self, items: Sequence[StepItem], hyper: AdamHyper, *, grad_scale: float
-    ) -> None:
-        opt = self._optimizer(hyper)
-        group = opt.param_groups[0]
-        group.update(lr=hyper.lr, betas=hyper.betas, eps=hyper.eps, weight_decay=hyper.weight_decay)
-        for master in self._master.values():
-            master.grad = None
-        for item in items:
-            grad = item.open_grad().to(self.device)
-            if grad_scale != 1.0:
-                grad = grad * grad_scale
-            self._master[item.key].grad = grad
-        opt.step()
-        for item in items:
+            states = self._states[item.key]
+            grad = item.open_grad().to(self.device).reshape(-1)
+            n = states[0].numel()
+            with torch.no_grad():
+                for lo, hi, hp in split_by_hyper(item, hyper, 0, n):
+                    _torch_adam(
+                        tuple(t[lo:hi] for t in states),
+                        grad[lo:hi],
+                        hp,
+                        step=item.step,
+                        grad_scale=grad_scale,
+                    )
             item.close_grad()
-        for master in self._master.values():
-            master.grad = None
-        for item in items:
-            _write_out(item, self._master[item.key])
+            _write_out(item, states[0])
 
     def state(self, key: int) -> dict[str, torch.Tensor]:
-        master = self._master[key]
-        st = self._torch_opt.state.get(master, {}) if self._torch_opt is not None else {}
-        zeros = torch.zeros_like(master)
-        return {
-            "master": master.detach().cpu().clone(),
-            "exp_avg": st.get("exp_avg", zeros).detach().cpu().clone(),
-            "exp_avg_sq": st.get("exp_avg_sq", zeros).detach().cpu().clone(),
-        }
+        return {k: t.detach().cpu().clone() for k, t in zip(_KINDS, self._states[key], strict=True)}
 
     def drop(self, key: int) -> None:
-        if self._torch_opt is not None:
-            raise RuntimeError("shards cannot be dropped after the first step")
-        self._master.pop(key, None)
+        self._states.pop(key, None)
 
     def close(self) -> None:
-        self._master.clear()
-        self._torch_opt = None
+        self._states.clear()
 
 
 def _host_grad(grad: torch.Tensor) -> torch.Tensor:

@@ -188,7 +188,7 @@ def load_weights(engine: Any, path: str | os.PathLike, *, strict: bool = True) -
     source = _all_ok(engine, lambda: open_weights(path), f"opening {path}")
     try:
         plan = _all_ok(engine, lambda: _plan(engine, source, strict), f"matching {path}")
-        access = optimizer_access(engine.shard_optimizer, hyper=engine._hyper)
+        access = optimizer_access(engine.shard_optimizer)
         loaded: list[str] = []
         for group in engine.groups:
             if group.trainable:

@@ -112,10 +112,6 @@ def observe(
     opt = engine.shard_optimizer
     if hasattr(opt, "_states"):
         observed["fp32 master + Adam moments"] = _nbytes(t for s in opt._states.values() for t in s)
-    elif hasattr(opt, "_master"):
-        state = opt._torch_opt.state
-        moments = [st[k] for st in state.values() for k in ("exp_avg", "exp_avg_sq")]
-        observed["fp32 master + Adam moments"] = _nbytes(opt._master.values()) + _nbytes(moments)
     grads = engine.placements.grad_accumulators
     if hasattr(grads, "tensors"):
         observed["fp32 gradient accumulators"] = _nbytes(grads.tensors.values())
