@@ -8,8 +8,10 @@ import json
 import warnings
 
 import pytest
-from hf_helpers import tiermem_trainer, training_args
+import torch
+from hf_helpers import dataset, tiermem_trainer, tiny_model, training_args, zero_config
 from test_engine_config_auto import HF_STYLE  # the config the Hugging Face docs show
+from transformers import Trainer
 
 from tiermem.engine.config import ConfigError
 from tiermem.hf import resolve_trainer_config
@@ -115,14 +117,53 @@ def test_json_file_and_its_errors(tmp_path):
     assert info.value.path == "zero_optimization.stgae"
 
 
-def test_weight_decay_applies_to_every_parameter_and_says_so(tmp_path):
+def test_weight_decay_is_filled_without_a_warning(tmp_path):
     args = training_args(tmp_path, weight_decay=0.1)
-    with pytest.warns(UserWarning, match="every parameter"):
-        cfg = resolve_trainer_config({}, args, num_training_steps=10)
-    assert cfg["optimizer"]["params"]["weight_decay"] == 0.1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        resolve_trainer_config({}, training_args(tmp_path), num_training_steps=10)
+        cfg = resolve_trainer_config({}, args, num_training_steps=10)
+    assert cfg["optimizer"]["params"]["weight_decay"] == 0.1
+
+
+@pytest.mark.parametrize("offload", ["none", "cpu"])
+def test_weight_decay_spares_what_the_trainer_spares(tmp_path, offload):
+    """The engine's param groups are the plain Trainer's: decay on the parameters named by
+    get_decay_parameter_names, none on the rest; frozen parameters in neither. Two steps
+    give the plain Trainer's weights."""
+    # [Note: attention's key bias gets a zero gradient up to rounding noise, which Adam
+    #  with eps 1e-8 turns into lr-sized steps of either sign; eps 1e-4 keeps them small]
+    run = dict(weight_decay=0.5, max_steps=2, warmup_steps=0, max_grad_norm=0.0, adam_epsilon=1e-4)
+    trainer = tiermem_trainer(tmp_path, zero_config(tmp_path, stage=2, offload=offload), **run)
+    model = trainer.model
+    model.transformer.wpe.weight.requires_grad_(False)  # frozen: left out of both groups
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    decay = set(trainer.get_decay_parameter_names(model))
+    assert any("bias" in n for n in before) and any("ln_" in n for n in before)
+    assert not any("bias" in n or "ln_" in n for n in decay)
+    groups = trainer.engine.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0]
+    names = {id(p): n for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {names[id(p)] for p in groups[0]["params"]} == decay & trainable
+    assert {names[id(p)] for p in groups[1]["params"]} == trainable - decay
+    grouped = [names[id(p)] for g in groups for p in g["params"]]
+    assert "transformer.wpe.weight" not in grouped and len(grouped) == len(set(grouped))
+    assert trainer.engine.global_steps == 2
+    after = trainer.engine.full_state_dict()
+
+    plain_model = tiny_model()
+    plain_model.transformer.wpe.weight.requires_grad_(False)
+    plain = Trainer(
+        model=plain_model, args=training_args(tmp_path / "plain", **run), train_dataset=dataset()
+    )
+    plain.train()
+    expected = dict(plain_model.named_parameters())
+    assert torch.equal(after["transformer.wpe.weight"], before["transformer.wpe.weight"])
+    for name in ("transformer.h.0.ln_1.weight", "transformer.h.0.attn.c_attn.bias"):
+        assert not torch.equal(after[name], before[name]), name  # it trained
+    for name, value in expected.items():
+        torch.testing.assert_close(after[name], value.detach(), rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_trainer_builds_the_engine_from_the_resolved_config(tmp_path):
@@ -142,6 +183,6 @@ def test_trainer_builds_the_engine_from_the_resolved_config(tmp_path):
     scheduler = trainer.lr_scheduler
     assert scheduler is engine.lr_scheduler  # the config's WarmupDecayLR, not the Trainer's
     assert (scheduler.total_num_steps, scheduler.warmup_num_steps) == (50, 5)
-    assert scheduler.lr_at(5) == [pytest.approx(3e-3)]
+    assert scheduler.lr_at(5) == [pytest.approx(3e-3)] * 2  # both param groups
     # the engine casts to bf16 itself; accelerate must not autocast on top
     assert trainer.accelerator.mixed_precision == "no"

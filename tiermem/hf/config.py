@@ -20,14 +20,13 @@ Duck-typed on ``args``: nothing here imports transformers.
 from __future__ import annotations
 
 import copy
-import json
 import os
-import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from tiermem.engine.config import ConfigError, parse_config
+# [Note: the engine's own JSON reader (duplicate keys and NaN refused, errors naming
+#  the file), so a path is read once and checked like tiermem.initialize checks it.]
+from tiermem.engine.config import ConfigError, _load_json, parse_config
 
 __all__ = ["ARGS_OPTIMIZERS", "resolve_trainer_config"]
 
@@ -40,11 +39,16 @@ _AUTO = "auto"
 
 def _load(config: Any) -> tuple[dict[str, Any], str | None]:
     """The JSON as a fresh dict (validated first, so errors name the key) and its file."""
-    parse_config(config)
     if isinstance(config, str | os.PathLike):
         file = os.fspath(config)
-        return json.loads(Path(file).read_text(encoding="utf-8-sig")), file
+        raw = _load_json(file)  # read once; its errors name the file
+        try:
+            parse_config(raw)
+        except ConfigError as err:
+            raise err.with_file(file) from None
+        return raw, file
     if isinstance(config, Mapping):
+        parse_config(config)
         return copy.deepcopy(dict(config)), None
     raise ConfigError(
         f"tiermem_config: expected a dict or the path of a JSON file, got {type(config).__name__}"
@@ -166,15 +170,6 @@ def resolve_trainer_config(config: Any, args: Any, *, num_training_steps: int) -
             'set these keys to "auto" (or leave them out) or make the two agree',
             path=filler.mismatches[0][0],
             file=file,
-        )
-    if float(raw["optimizer"]["params"]["weight_decay"]) > 0:
-        # [Note: tiermem's Adam has one set of hyperparameters for all
-        #  parameters; the plain Trainer exempts biases and norm weights.]
-        warnings.warn(
-            "weight_decay > 0: tiermem applies it to every parameter, including the biases "
-            "and norm weights that the Trainer's own optimizer exempts",
-            UserWarning,
-            stacklevel=2,
         )
     parse_config(raw)  # the filled values are valid too
     return raw

@@ -14,7 +14,9 @@ What changes against the plain Trainer, hook by hook (transformers 5.24):
 
 * the engine is built by ``tiermem.initialize`` from the model and the JSON
   resolved against ``TrainingArguments`` (:func:`tiermem.hf.resolve_trainer_config`)
-  when training starts (``create_optimizer_and_scheduler``); the optimizer is the
+  when training starts (``create_optimizer_and_scheduler``), with the Trainer's
+  two param groups (``weight_decay`` only on ``get_decay_parameter_names``, not
+  on biases and norm weights); the optimizer is the
   engine's, the LR scheduler the JSON's ``scheduler`` or else the Trainer's own
   (``lr_scheduler_type``) over the engine's optimizer;
 * ``_prepare_for_training`` runs no ``accelerator.prepare`` on the model or the
@@ -198,10 +200,32 @@ class TiermemTrainer(Trainer):
         config = resolve_trainer_config(
             self.tiermem_config, self.args, num_training_steps=num_training_steps
         )
-        engine, optimizer, _, _ = tiermem.initialize(model=self.model, config=config)
+        weight_decay = float(config["optimizer"]["params"]["weight_decay"])
+        engine, optimizer, _, _ = tiermem.initialize(
+            model=self.model,
+            config=config,
+            model_parameters=self._param_groups(weight_decay),
+        )
         self.engine = engine
         self.optimizer = optimizer
         self._managed = _ManagedModel(engine)
+
+    def _param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """The plain Trainer's two param groups: ``weight_decay`` for the parameters
+        ``get_decay_parameter_names`` names, 0 for the rest (biases, norm weights).
+
+        [Note: frozen parameters are left out (the engine keeps them as frozen
+        groups), and so is an empty group: a model without biases or norms gets
+        one. The engine steps each range of a module's shard with its own
+        group's hyperparameters, whatever the optimizer's placement.]
+        """
+        decay = set(self.get_decay_parameter_names(self.model))
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+        ]
+        return [g for g in groups if g["params"]]
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
         """Build the engine (once) and the LR scheduler for ``num_training_steps``."""
