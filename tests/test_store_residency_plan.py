@@ -8,16 +8,25 @@ import random
 from tiermem.store.residency import plan_keeps
 
 
-def _reference(entries, sizes, capacity):
+def _reference(entries, sizes, capacity, releases=None):
     """The same rule, spelled out: replay three cycles with a list, keep the middle."""
     n = len(entries)
     seq = list(entries) * 3
+    if releases is None:
+        releases = [p + 1 for p in range(n)]
 
     def next_fetch(t):
         for u in range(t + 1, len(seq)):
             if seq[u] == seq[t]:
                 return u
         return len(seq)
+
+    def released_at(f):  # the position before whose fetch fetch f is released
+        r = releases[f % n]
+        return f + n if r is None else f - f % n + max(r, f % n + 1)
+
+    def held(key, t):
+        return any(seq[f] == key and released_at(f) > t for f in range(t))
 
     resident = {}  # key -> latest fetch
     keep = [False] * n
@@ -29,7 +38,10 @@ def _reference(entries, sizes, capacity):
             continue
         else:
             while sum(sizes.get(k, 0) for k in resident) + sizes.get(key, 0) > capacity:
-                victim = max(resident, key=lambda k: (next_fetch(resident[k]), -resident[k]))
+                free = [k for k in resident if not held(k, t)]
+                if not free:
+                    break
+                victim = max(free, key=lambda k: (next_fetch(resident[k]), -resident[k]))
                 del resident[victim]
         resident[key] = t
     return keep
@@ -62,6 +74,16 @@ def test_empty_schedule():
     assert plan_keeps([], {}, 10) == []
 
 
+def test_a_held_copy_is_not_evicted_and_another_goes_instead():
+    entries, sizes = list("ABCB"), dict.fromkeys("ABC", 1)
+    # released before the next fetch: A (needed farthest) makes room for C
+    assert plan_keeps(entries, sizes, 2) == [False, True, False, True]
+    assert plan_keeps(entries, sizes, 2, [1, 2, 3, 4]) == [False, True, False, True]
+    # A still held while C is fetched (released after it): B goes instead
+    assert plan_keeps(entries, sizes, 2, [3, 2, 3, 4]) == [True, False, False, True]
+    assert plan_keeps(entries, sizes, 2, [None, 2, 3, 4]) == [True, False, False, True]
+
+
 def test_matches_the_spelled_out_rule_on_random_schedules():
     rng = random.Random(7)
     for _ in range(200):
@@ -73,4 +95,13 @@ def test_matches_the_spelled_out_rule_on_random_schedules():
             entries,
             sizes,
             capacity,
+        )
+        n = len(entries)
+        releases = [None if rng.random() < 0.1 else rng.randint(p + 1, n) for p in range(n)]
+        got = plan_keeps(entries, sizes, capacity, releases)
+        assert got == _reference(entries, sizes, capacity, releases), (
+            entries,
+            sizes,
+            capacity,
+            releases,
         )

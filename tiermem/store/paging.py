@@ -585,7 +585,7 @@ class Pager:
             elif e.home is TierKind.NVME:
                 sizes[(name, TierKind.HOST)] = host.footprint(e.nbytes)
         capacity = host.budget - self.cfg.prefetch_bytes - homed
-        return plan_keeps(self.schedule.entries, sizes, capacity)
+        return plan_keeps(self.schedule.entries, sizes, capacity, self.schedule.releases)
 
     # ---- prefetch ----
     def _prefetch(self) -> None:

@@ -33,6 +33,10 @@ class PrefetchSchedule:
         self.passes_recorded = 0
         self.invalidations = 0
         self._uses: dict[Key, list[int]] = {}
+        #: per recorded fetch, the number of fetches made before it was released
+        #: (None: still held when the recording pass ended)
+        self.releases: list[int | None] = []
+        self._open: dict[Key, list[int]] = {}  # recorded fetches not released yet
 
     # ---- state ----
     def _move(self, new: ScheduleState) -> None:
@@ -58,6 +62,8 @@ class PrefetchSchedule:
             self._move(ScheduleState.RECORDING)
             self.entries = []
             self._uses = {}
+            self.releases = []
+            self._open = {}
         elif self.state is ScheduleState.COMPLETE:
             self._move(ScheduleState.REPLAYING)
         self.position = 0
@@ -70,6 +76,7 @@ class PrefetchSchedule:
         if self.state is ScheduleState.RECORDING:
             self._move(ScheduleState.COMPLETE)
             self.passes_recorded += 1
+            self._open = {}
         elif self.state is ScheduleState.REPLAYING:
             if self.position != len(self.entries):
                 self.invalidate(
@@ -94,6 +101,8 @@ class PrefetchSchedule:
         self._move(ScheduleState.EMPTY)
         self.entries = []
         self._uses = {}
+        self.releases = []
+        self._open = {}
         self.position = 0
 
     # ---- fetches ----
@@ -106,7 +115,9 @@ class PrefetchSchedule:
             return True
         if self.state is ScheduleState.RECORDING:
             self._uses.setdefault(key, []).append(len(self.entries))
+            self._open.setdefault(key, []).append(len(self.entries))
             self.entries.append(key)
+            self.releases.append(None)
             return True
         if self.state is ScheduleState.REPLAYING:
             pos = self.position
@@ -123,6 +134,11 @@ class PrefetchSchedule:
             )
             return False
         return True
+
+    def observe_release(self, key: Key) -> None:
+        """Note the release of a fetch of ``key`` (the earliest still held) while recording."""
+        if self.in_pass and self.state is ScheduleState.RECORDING and self._open.get(key):
+            self.releases[self._open[key].pop(0)] = len(self.entries)
 
     def upcoming(self, limit: int | None = None) -> Iterator[tuple[int, Key]]:
         """(distance, key) of the fetches after the current position, one cycle at most.

@@ -327,6 +327,7 @@ class TensorStore(Pager):
             self._mark_dirty(e, c)
         c.refs -= 1
         c.last_use = self._next_tick()
+        self.schedule.observe_release((name, c.tier))
         self._pump(report=False)
         if c.state is R.DIRTY:  # also the last release of a copy dirtied while shared
             self._write_behind(e, c)
