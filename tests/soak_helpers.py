@@ -85,6 +85,7 @@ class SoakRecord:
     reads_total: Counter[str] = field(default_factory=Counter)  # NVMe reads per tensor
     not_read: list[set[str]] = field(default_factory=list)  # tensors a step did not read
     store_names: set[str] = field(default_factory=set)
+    nbytes: dict[str, int] = field(default_factory=dict)  # of each store tensor
     evictions: list[int] = field(default_factory=list)  # host evictions of each step
     store_bytes: int = 0
     store_tensors: int = 0
@@ -105,6 +106,7 @@ def soak(nvme: Path, steps: int, *, tight: bool = True) -> SoakRecord:
     rec.store_names = {n for n in store.names() if not n.startswith("grad.")}
     rec.store_tensors = len(rec.store_names)
     rec.store_bytes = sum(store.info(n)["nbytes"] for n in store.names())
+    rec.nbytes = {n: store.info(n)["nbytes"] for n in rec.store_names}
     before = store.telemetry.snapshot()
     try:
         for step in range(steps):

@@ -26,17 +26,18 @@ SWAP_DISK_MARGIN = 64 << 10
 
 
 def check_soak(rec: SoakRecord, ref: SoakRecord, mark: int) -> None:
-    # the budget holds under a third of the state. All tensors but at most 3% of them are
-    # read back from NVMe at least once per step; those few are what the store's
-    # write-behind plan keeps resident across steps in the room the working set leaves
-    # (4 parameter shards of 150 tensors here). No step reads back fewer than 95% of them.
+    # the budget holds under a third of the state, and only what fits in it can stay:
+    # the tensors a step does not read back from NVMe (those the store's write-behind
+    # plan keeps resident across steps) add up to at most the host budget, over the
+    # whole run and in every step; every step reads back at least 90% of the tensors.
     assert 3 * rec.host_budget < rec.store_bytes
     steps = len(rec.losses)
     assert rec.reads_total.keys() == rec.store_names
     kept = {name: n for name, n in rec.reads_total.items() if n < steps}
-    assert len(kept) <= 0.03 * rec.store_tensors, kept
+    assert sum(rec.nbytes[name] for name in kept) <= rec.host_budget, kept
     for step, missing in enumerate(rec.not_read):
-        assert len(missing) <= 0.05 * rec.store_tensors, f"step {step}: not read {missing}"
+        assert sum(rec.nbytes[name] for name in missing) <= rec.host_budget, (step, missing)
+        assert len(missing) <= 0.1 * rec.store_tensors, (step, missing)  # disk really used
     assert sum(ref.evictions) == 0  # the reference budget really holds everything
     # same results as with the budget that holds everything
     assert rec.losses == ref.losses
