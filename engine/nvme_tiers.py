@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from tiermem.engine.config_base import ConfigError
+from tiermem.engine.flat_buffers import storage_users
 from tiermem.engine.optimizer_step import (
     AdamHyper,
     ShardOptimizer,
@@ -109,6 +110,16 @@ def open_store(spec: StoreSpec) -> TensorStore:
     return TensorStore(cfg)
 
 
+@dataclass(kw_only=True)
+class _Loan:
+    """A store copy lent as a group's gathered buffer (fetched until released)."""
+
+    shard: torch.Tensor
+    nbytes: int
+    users: int | None  # storage_users(shard) when lent: the home's and the store's
+    out: bool = True  # False: given back, kept while saved views still read it
+
+
 class StoreParamHome(ParamHome):
     """Parameter shards homed on NVMe in the store (``offload_param.device: nvme``)."""
 
@@ -121,7 +132,7 @@ class StoreParamHome(ParamHome):
         self.device = device
         self.lend_bytes = int(lend_bytes)
         self._numel: dict[int, int] = {}
-        self._lent: dict[int, int] = {}  # key -> bytes lent
+        self._loans: dict[int, _Loan] = {}
 
     @staticmethod
     def _name(key: int) -> str:
@@ -150,20 +161,41 @@ class StoreParamHome(ParamHome):
         buffer: no copy into a fresh flat buffer, whose page faults cost more
         than the copy (3.9 against 21 GB/s here). The copy stays fetched while
         lent, so it counts against the host tier, which build_placements sized
-        with ``lend_bytes`` of room for it; past that the group copies.]
+        with ``lend_bytes`` of room for it; past that the group copies. A copy
+        given back stays fetched while anything else refers to it (views that
+        autograd saved for backward, see tiermem.engine.flat_buffers): the
+        store must not evict and reuse it under them. Such a copy is lent
+        again as it is when its group is gathered again.]
         """
-        if self.device.type != "cpu" or key in self._lent:
+        self._sweep()
+        if self.device.type != "cpu":
             return None
+        loan = self._loans.get(key)
+        if loan is not None:
+            if loan.out:
+                return None  # lent already: a second borrower copies
+            loan.out = True
+            return loan.shard
         nbytes = self.store.info(self._name(key))["nbytes"]
-        if sum(self._lent.values()) + nbytes > self.lend_bytes:
+        if sum(held.nbytes for held in self._loans.values()) + nbytes > self.lend_bytes:
             return None
         shard = self.load(key)
-        self._lent[key] = nbytes
+        self._loans[key] = _Loan(shard=shard, nbytes=nbytes, users=storage_users(shard))
         return shard
 
     def give_back(self, key: int) -> None:
-        del self._lent[key]
-        self.unload(key)
+        self._loans[key].out = False
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Release the copies given back that nothing else refers to any more."""
+        for key, loan in list(self._loans.items()):
+            if loan.out:
+                continue
+            users = storage_users(loan.shard)
+            if loan.users is not None and users is not None and users <= loan.users:
+                del self._loans[key]
+                self.unload(key)
 
     def open_for_update(self, key: int) -> torch.Tensor:
         return self.store.fetch(self._name(key), TierKind.HOST).wait()
@@ -175,8 +207,13 @@ class StoreParamHome(ParamHome):
         return self._numel[key]
 
     def drop(self, key: int) -> None:
+        if self._loans.pop(key, None) is not None:
+            self.unload(key)
         if self._numel.pop(key, None) is not None:
             self.store.drop(self._name(key))
+
+    def close(self) -> None:
+        self._loans.clear()  # the store closes with the engine's placements
 
 
 class NvmeShardOptimizer(ShardOptimizer):

@@ -24,7 +24,10 @@ again before the module's backward runs and the saved tensor then reads the
 regathered (identical) values. ``swap_tensors`` would exchange the whole
 object, and it refuses tensors that autograd has saved. The gradient
 accumulator of a parameter is created during forward while the parameter
-has its full shape, so AccumulateGrad accepts full-shape gradients.]
+has its full shape, so AccumulateGrad accepts full-shape gradients. Ops
+that save a *view* of a weight instead (``F.linear`` saves ``weight.t()``)
+keep reading the forward's buffer until backward; so a freed buffer is not
+reused while anything else refers to it (tiermem.engine.flat_buffers).]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import torch
 from torch import nn
 
 from tiermem.engine.comm import Communicator, Pending
+from tiermem.engine.flat_buffers import FlatBufferPool, storage_users
 from tiermem.engine.param_home import ParamHome
 
 __all__ = [
@@ -210,6 +214,7 @@ class FlatParamGroup:
         comm: Communicator,
         home: ParamHome | None = None,
         persistent: bool = False,
+        buffers: FlatBufferPool | None = None,
     ) -> None:
         if len(params) != len(layout.slots):
             raise ValueError("one parameter per slot expected")
@@ -234,6 +239,9 @@ class FlatParamGroup:
         self._pending: Pending | None = None
         self._loaded: bool = False  # the shard is loaded from the home for a gather
         self._lent: bool = False  # the flat buffer is the home's shard, lent until free()
+        self._pooled: bool = False  # the flat buffer came from ``buffers``
+        self._flat_users: int | None = None  # storage_users of a pooled buffer when taken
+        self.buffers = buffers
         self._empty = torch.empty(0, dtype=dtype, device=device)
 
     @property
@@ -325,7 +333,11 @@ class FlatParamGroup:
         shard = self.home.load(self.key)  # if this raises, the group stays SHARDED
         self._move(GroupState.GATHERING)
         self._loaded = True
-        self.flat = torch.empty(lay.padded_numel, dtype=self.dtype, device=self.device)
+        if self.buffers is not None:
+            self.flat = self.buffers.take(lay.padded_numel, self.dtype, self.device)
+            self._pooled, self._flat_users = True, storage_users(self.flat)
+        else:
+            self.flat = torch.empty(lay.padded_numel, dtype=self.dtype, device=self.device)
         self._pending = self.comm.all_gather_flat(self.flat, shard, async_op=True)
         if self._pending.done:
             # [Note: one rank copies at once; the shard goes back to its home now
@@ -372,10 +384,13 @@ class FlatParamGroup:
         self._move(GroupState.SHARDED)
         for param in self.params:
             param.data = self._empty
-        self.flat = None
+        flat, self.flat = self.flat, None
         if self._lent:
             self._lent = False
             self.home.give_back(self.key)
+        elif self._pooled:
+            self._pooled = False
+            self.buffers.give(flat, users=self._flat_users)
 
     # -- optimizer updates ----------------------------------------------------------------
     def update_target(self) -> torch.Tensor:

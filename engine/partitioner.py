@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from tiermem.engine.comm import Communicator
+from tiermem.engine.flat_buffers import FlatBufferPool
 from tiermem.engine.partition import FlatParamGroup, GroupLayout, make_layout
 from tiermem.engine.placement import Placements, build_placements
 from tiermem.engine.settings import EngineSettings
@@ -38,6 +39,7 @@ class Partitioner:
         self.num_shards = 1 if self.stage == 0 else comm.world_size
         self.shard_rank = 0 if self.stage == 0 else comm.rank
         self.placements: Placements | None = None
+        self.flat_buffers: FlatBufferPool | None = None
         self.largest_shard = 0
         self._next_key = 0
 
@@ -61,6 +63,12 @@ class Partitioner:
         if self.placements is not None:
             raise RuntimeError("placements already open")
         self.largest_shard = int(largest_shard)
+        # [Note: the flat buffers of stage 3 gathers that copy are reused (see
+        #  tiermem.engine.flat_buffers); at most the prefetch window and the two
+        #  largest groups around it are kept.]
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        window = self.settings.zero.prefetch_bucket_size + 2 * self.largest_shard * self.num_shards
+        self.flat_buffers = FlatBufferPool(cap_bytes=window * elem)
         self.placements = build_placements(
             self.settings,
             device=self.device,
@@ -91,6 +99,7 @@ class Partitioner:
             comm=self.comm,
             home=self.placements.home,
             persistent=self.stage == 3 and layout.numel < zero.param_persistence_threshold,
+            buffers=self.flat_buffers if self.stage == 3 else None,
         )
         full = group.flatten_fp32()
         self.comm.broadcast(full, src=0)

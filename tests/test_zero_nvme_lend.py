@@ -83,3 +83,37 @@ def test_past_the_buffer_count_groups_are_copied(tmp_path):
 def test_lent_buffers_train_like_plain_torch(tmp_path):
     losses = engine_losses(_config(tmp_path, 64))
     assert max_rel_diff(losses, reference_losses()) <= 1e-5
+
+
+def test_a_lent_copy_read_by_saved_views_stays_until_they_are_gone(tmp_path):
+    import torch
+
+    from tiermem.engine.nvme_tiers import StoreParamHome
+    from tiermem.store import StoreConfig, TensorStore
+
+    store = TensorStore(
+        StoreConfig(host_bytes=1 << 20, nvme_paths=(tmp_path / "s",), prefetch_bytes=0)
+    )
+    home = StoreParamHome(store, torch.device("cpu"), lend_bytes=1 << 20)
+    home.put(0, torch.arange(1024, dtype=torch.float32))
+    home.put(1, torch.zeros(1024, dtype=torch.float32))
+    flat = home.lend(0)
+    weight = torch.nn.Parameter(torch.empty(0))
+    weight.data = flat[:12].view(3, 4)
+    out = torch.nn.functional.linear(torch.randn(2, 4, requires_grad=True), weight)
+    weight.data = torch.empty(0)  # the group is freed after forward
+    del flat
+    home.give_back(0)
+    assert store.info("param.0")["states"][TierKind.HOST].valid  # still held for backward
+    # room for the filler only if param.0 went: held, so the store refuses
+    with pytest.raises(tiermem.store.StoreBudgetError):
+        store.register("filler", (1 << 18) - 512, torch.float32)
+    again = home.lend(0)  # gathered again before backward: the same copy, lent again
+    assert torch.equal(again, torch.arange(1024, dtype=torch.float32))
+    home.give_back(0)
+    del again
+    del out  # backward done: the graph and its saved view are freed
+    home.lend(1)  # the next call releases the copy nobody reads any more
+    home.give_back(1)
+    store.register("filler", (1 << 18) - 512, torch.float32)  # now there is room
+    store.close()
