@@ -40,6 +40,7 @@ from torch.utils._pytree import tree_leaves
 
 from tiermem.engine.grads import BackwardPass
 from tiermem.engine.partition import FlatParamGroup, GroupState
+from tiermem.engine.saved_views import SavedParamViews
 
 __all__ = ["ParamScheduler"]
 
@@ -112,6 +113,7 @@ class ParamScheduler:
         self._handles = []
         self.backward_pass = backward_pass
         backward_pass.add_finisher(self.finish_backward)
+        self.saved_views = SavedParamViews(self.groups, regather=self._regather)
         self._install()
 
     def _install(self) -> None:
@@ -119,6 +121,14 @@ class ParamScheduler:
             self._handles.append(module.register_forward_pre_hook(self._pre_forward))
             self._handles.append(module.register_forward_hook(self._post_forward))
         self._handles.append(self.root.register_forward_hook(self._post_root_forward))
+        self._handles.append(
+            self.root.register_forward_pre_hook(lambda _m, _a: self.saved_views.enter())
+        )
+        self._handles.append(
+            self.root.register_forward_hook(
+                lambda _m, _a, _o: self.saved_views.exit(), always_call=True
+            )
+        )
 
     def remove_hooks(self) -> None:
         """Detach from the modules."""
@@ -194,6 +204,13 @@ class ParamScheduler:
             self.groups[gi].acquire()
             self._backward_refs[gi] += 1
             self._prefetch_after(gi, self.backward_trace)
+
+    def _regather(self, gi: int) -> None:
+        """Backward needs group ``gi``'s parameters outside its modules' hooks (a saved
+        view of them): gather it until its gradients are handed off."""
+        self._in_backward = True
+        self.groups[gi].acquire()
+        self._backward_refs[gi] += 1
 
     def on_reduced(self, gi: int) -> None:
         """Group ``gi``'s gradients are handed off: its backward users are done."""

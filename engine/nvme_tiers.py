@@ -118,6 +118,7 @@ class _Loan:
     nbytes: int
     users: int | None  # storage_users(shard) when lent: the home's and the store's
     out: bool = True  # False: given back, kept while saved views still read it
+    refs: int = 1  # fetches held: one per lend since the copy was last released
 
 
 class StoreParamHome(ParamHome):
@@ -171,16 +172,19 @@ class StoreParamHome(ParamHome):
         if self.device.type != "cpu":
             return None
         loan = self._loans.get(key)
-        if loan is not None:
-            if loan.out:
-                return None  # lent already: a second borrower copies
-            loan.out = True
-            return loan.shard
+        if loan is not None and loan.out:
+            return None  # lent already: a second borrower copies
         nbytes = self.store.info(self._name(key))["nbytes"]
-        if sum(held.nbytes for held in self._loans.values()) + nbytes > self.lend_bytes:
+        held = sum(other.nbytes for other in self._loans.values())
+        if loan is None and held + nbytes > self.lend_bytes:
             return None
+        # [Note: one fetch per lend, also of a copy still held from an earlier
+        #  one, so that every pass makes the same fetches as the recorded one.]
         shard = self.load(key)
-        self._loans[key] = _Loan(shard=shard, nbytes=nbytes, users=storage_users(shard))
+        if loan is None:
+            self._loans[key] = _Loan(shard=shard, nbytes=nbytes, users=storage_users(shard))
+        else:
+            loan.out, loan.refs = True, loan.refs + 1
         return shard
 
     def give_back(self, key: int) -> None:
@@ -195,7 +199,8 @@ class StoreParamHome(ParamHome):
             users = storage_users(loan.shard)
             if loan.users is not None and users is not None and users <= loan.users:
                 del self._loans[key]
-                self.unload(key)
+                for _ in range(loan.refs):
+                    self.unload(key)
 
     def open_for_update(self, key: int) -> torch.Tensor:
         return self.store.fetch(self._name(key), TierKind.HOST).wait()
@@ -207,7 +212,8 @@ class StoreParamHome(ParamHome):
         return self._numel[key]
 
     def drop(self, key: int) -> None:
-        if self._loans.pop(key, None) is not None:
+        loan = self._loans.pop(key, None)
+        for _ in range(loan.refs if loan is not None else 0):
             self.unload(key)
         if self._numel.pop(key, None) is not None:
             self.store.drop(self._name(key))

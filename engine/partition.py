@@ -384,11 +384,12 @@ class FlatParamGroup:
         self._move(GroupState.SHARDED)
         for param in self.params:
             param.data = self._empty
-        flat, self.flat = self.flat, None
-        if self._lent:
-            self._lent = False
+        if self._lent:  # (no reference to the buffer kept here: the home counts them)
+            self.flat, self._lent = None, False
             self.home.give_back(self.key)
-        elif self._pooled:
+            return
+        flat, self.flat = self.flat, None
+        if self._pooled:
             self._pooled = False
             self.buffers.give(flat, users=self._flat_users)
 
