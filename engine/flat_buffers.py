@@ -23,15 +23,18 @@ from collections import defaultdict
 
 import torch
 
-__all__ = ["FlatBufferPool", "storage_users"]
+__all__ = ["CAN_COUNT_USERS", "FlatBufferPool", "storage_users"]
+
+_use_count = getattr(torch._C, "_storage_Use_Count", None)
+#: whether this torch can count a storage's references (else nothing is reused)
+CAN_COUNT_USERS = _use_count is not None
 
 
 def storage_users(t: torch.Tensor) -> int | None:
     """References to ``t``'s storage (tensors and views), or None where torch cannot say."""
-    count = getattr(torch._C, "_storage_Use_Count", None)
-    if count is None:
+    if _use_count is None:
         return None
-    return int(count(t.untyped_storage()._cdata))
+    return int(_use_count(t.untyped_storage()._cdata))
 
 
 class FlatBufferPool:

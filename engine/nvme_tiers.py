@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from tiermem.engine.config_base import ConfigError
-from tiermem.engine.flat_buffers import storage_users
+from tiermem.engine.flat_buffers import CAN_COUNT_USERS, storage_users
 from tiermem.engine.optimizer_step import (
     AdamHyper,
     ShardOptimizer,
@@ -133,6 +133,7 @@ class StoreParamHome(ParamHome):
         self.device = device
         self.lend_bytes = int(lend_bytes)
         self._numel: dict[int, int] = {}
+        self._itemsize: dict[int, int] = {}
         self._loans: dict[int, _Loan] = {}
 
     @staticmethod
@@ -143,6 +144,7 @@ class StoreParamHome(ParamHome):
         flat = shard.detach().reshape(-1).cpu()
         self.store.register(self._name(key), flat.numel(), flat.dtype, init=flat)
         self._numel[key] = flat.numel()
+        self._itemsize[key] = flat.element_size()
 
     def load(self, key: int) -> torch.Tensor:
         host = self.store.fetch(self._name(key), TierKind.HOST).wait()
@@ -169,12 +171,12 @@ class StoreParamHome(ParamHome):
         again as it is when its group is gathered again.]
         """
         self._sweep()
-        if self.device.type != "cpu":
-            return None
+        if self.device.type != "cpu" or not CAN_COUNT_USERS:
+            return None  # (without a count of its users a copy could not be handed back safely)
         loan = self._loans.get(key)
         if loan is not None and loan.out:
             return None  # lent already: a second borrower copies
-        nbytes = self.store.info(self._name(key))["nbytes"]
+        nbytes = self._numel[key] * self._itemsize[key]
         held = sum(other.nbytes for other in self._loans.values())
         if loan is None and held + nbytes > self.lend_bytes:
             return None
@@ -215,6 +217,7 @@ class StoreParamHome(ParamHome):
         loan = self._loans.pop(key, None)
         for _ in range(loan.refs if loan is not None else 0):
             self.unload(key)
+        self._itemsize.pop(key, None)
         if self._numel.pop(key, None) is not None:
             self.store.drop(self._name(key))
 

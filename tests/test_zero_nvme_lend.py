@@ -117,3 +117,11 @@ def test_a_lent_copy_read_by_saved_views_stays_until_they_are_gone(tmp_path):
     home.give_back(1)
     store.register("filler", (1 << 18) - 512, torch.float32)  # now there is room
     store.close()
+
+
+def test_without_a_count_of_users_nothing_is_lent(tmp_path, monkeypatch):
+    import tiermem.engine.nvme_tiers as nvme_tiers
+
+    monkeypatch.setattr(nvme_tiers, "CAN_COUNT_USERS", False)
+    seen = _gathered_on_store_buffers(tmp_path, buffer_count=64)
+    assert len(seen) == 8 and not any(seen.values()), seen
