@@ -335,7 +335,7 @@ def parse_config(config: Any) -> TiermemConfig:
         return _parse_dict({})
     if isinstance(config, str | os.PathLike):
         file = os.fspath(config)
-        raw = _load_json(file)
+        raw = load_json(file)
         try:
             return _parse_dict(raw)
         except ConfigError as err:
@@ -364,7 +364,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _load_json(file: str) -> Any:
+def load_json(file: str) -> Any:
+    """The JSON config ``file``, parsed (duplicate keys and NaN refused); a
+    :class:`ConfigError` naming the file when it cannot be read or parsed."""
     try:
         with open(file, encoding="utf-8-sig") as handle:
             text = handle.read()
@@ -433,5 +435,6 @@ __all__ = [
     "WarmupLRParams",
     "ZeroConfig",
     "all_key_paths",
+    "load_json",
     "parse_config",
 ]

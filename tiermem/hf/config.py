@@ -26,7 +26,7 @@ from typing import Any
 
 # [Note: the engine's own JSON reader (duplicate keys and NaN refused, errors naming
 #  the file), so a path is read once and checked like tiermem.initialize checks it.]
-from tiermem.engine.config import ConfigError, _load_json, parse_config
+from tiermem.engine.config import ConfigError, load_json, parse_config
 
 __all__ = ["ARGS_OPTIMIZERS", "resolve_trainer_config"]
 
@@ -41,7 +41,7 @@ def _load(config: Any) -> tuple[dict[str, Any], str | None]:
     """The JSON as a fresh dict (validated first, so errors name the key) and its file."""
     if isinstance(config, str | os.PathLike):
         file = os.fspath(config)
-        raw = _load_json(file)  # read once; its errors name the file
+        raw = load_json(file)  # read once; its errors name the file
         try:
             parse_config(raw)
         except ConfigError as err:
