@@ -38,6 +38,18 @@ class _SavedView:
     offset: int  # storage offset relative to the parameter's
 
 
+@dataclass(frozen=True)
+class _Outer:
+    """A saved tensor packed by the caller's own hooks (unpacked by them too)."""
+
+    packed: object
+    unpack: Callable
+
+
+# the innermost saved-tensor hooks in force (None where this torch cannot say)
+_top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+
+
 class SavedParamViews:
     """Pack/unpack hooks for the parameters of partitioned, non-persistent groups.
 
@@ -57,13 +69,24 @@ class SavedParamViews:
             for p in g.params
         }
         self._active: torch.autograd.graph.saved_tensors_hooks | None = None
+        self._outer: tuple[Callable, Callable] | None = None  # the caller's hooks, if any
         self.packed = 0  # saved tensors replaced by references (for tests)
 
     def enter(self) -> None:
-        """Start replacing saved views (the root module's forward begins)."""
-        if self._active is None:
-            self._active = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-            self._active.__enter__()
+        """Start replacing saved views (the root module's forward begins).
+
+        [Note: saved-tensor hooks do not nest: the innermost pair sees every
+        tensor. When the caller has hooks of its own around the forward (e.g.
+        ``torch.autograd.graph.save_on_cpu``), the tensors that are not
+        parameter views go to them. Where torch cannot tell whether there are
+        any, nothing is installed (saved views then keep their buffers until
+        backward, safely).]
+        """
+        if self._active is not None or _top_hooks is None:
+            return
+        self._outer = _top_hooks(False)
+        self._active = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._active.__enter__()
 
     def exit(self) -> None:
         """Stop (the root module's forward ended, also by an exception)."""
@@ -75,13 +98,18 @@ class SavedParamViews:
         base = t._base if t._base is not None else t
         gi = self._group_of.get(id(base))
         if gi is None or self.groups[gi].state is not GroupState.GATHERED:
-            return t
+            if self._outer is None:
+                return t
+            outer_pack, outer_unpack = self._outer
+            return _Outer(outer_pack(t), outer_unpack)
         self.packed += 1
         return _SavedView(
             gi, base, t.size(), t.stride(), t.storage_offset() - base.storage_offset()
         )
 
     def _unpack(self, saved):
+        if isinstance(saved, _Outer):
+            return saved.unpack(saved.packed)
         if not isinstance(saved, _SavedView):
             return saved
         if self.groups[saved.group].state is not GroupState.GATHERED:

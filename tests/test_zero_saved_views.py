@@ -47,3 +47,23 @@ def _reference():
     from zero_helpers import reference_losses
 
     return reference_losses()
+
+
+def test_the_callers_own_saved_tensor_hooks_still_see_the_activations(tmp_path):
+    import torch
+
+    engine, *_ = tiermem.initialize(model=make_model(), config=_config(tmp_path))
+    packed = []
+
+    def pack(t):
+        packed.append(tuple(t.shape))
+        return t
+
+    idx, tgt = make_batches(1)[0]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = engine(idx, tgt)
+    assert engine.param_scheduler.saved_views.packed > 0  # weight views: ours
+    assert len(packed) > 20  # every other saved tensor went to the caller's hooks
+    engine.backward(loss)
+    engine.step()
+    engine.close()
