@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from tiermem.engine.optimizer_step import STATE_KINDS
+
 __all__ = [
     "CHUNK_ELEMENTS",
     "KINDS",
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 #: the fp32 optimizer states of a shard, in checkpoint order
-KINDS = ("master", "exp_avg", "exp_avg_sq")
+KINDS = STATE_KINDS
 #: largest chunk (elements) streamed at once where the placement has no sub-groups of its own
 CHUNK_ELEMENTS = 1 << 22
 

@@ -30,6 +30,7 @@ import torch
 from tiermem.engine.config_base import ConfigError
 from tiermem.engine.flat_buffers import CAN_COUNT_USERS, storage_users
 from tiermem.engine.optimizer_step import (
+    STATE_KINDS,
     AdamHyper,
     ShardOptimizer,
     StepItem,
@@ -133,7 +134,7 @@ class StoreParamHome(ParamHome):
         self.device = device
         self.lend_bytes = int(lend_bytes)
         self._numel: dict[int, int] = {}
-        self._itemsize: dict[int, int] = {}
+        self._nbytes: dict[int, int] = {}
         self._loans: dict[int, _Loan] = {}
 
     @staticmethod
@@ -144,7 +145,7 @@ class StoreParamHome(ParamHome):
         flat = shard.detach().reshape(-1).cpu()
         self.store.register(self._name(key), flat.numel(), flat.dtype, init=flat)
         self._numel[key] = flat.numel()
-        self._itemsize[key] = flat.element_size()
+        self._nbytes[key] = flat.nbytes
 
     def load(self, key: int) -> torch.Tensor:
         host = self.store.fetch(self._name(key), TierKind.HOST).wait()
@@ -176,9 +177,8 @@ class StoreParamHome(ParamHome):
         loan = self._loans.get(key)
         if loan is not None and loan.out:
             return None  # lent already: a second borrower copies
-        nbytes = self._numel[key] * self._itemsize[key]
-        held = sum(other.nbytes for other in self._loans.values())
-        if loan is None and held + nbytes > self.lend_bytes:
+        nbytes = self._nbytes[key]
+        if loan is None and sum(o.nbytes for o in self._loans.values()) + nbytes > self.lend_bytes:
             return None
         # [Note: one fetch per lend, also of a copy still held from an earlier
         #  one, so that every pass makes the same fetches as the recorded one.]
@@ -217,7 +217,7 @@ class StoreParamHome(ParamHome):
         loan = self._loans.pop(key, None)
         for _ in range(loan.refs if loan is not None else 0):
             self.unload(key)
-        self._itemsize.pop(key, None)
+        self._nbytes.pop(key, None)
         if self._numel.pop(key, None) is not None:
             self.store.drop(self._name(key))
 
@@ -296,7 +296,7 @@ class NvmeShardOptimizer(ShardOptimizer):
             self.store.drop(self._name(key, index))
 
     def state(self, key: int) -> dict[str, torch.Tensor]:
-        parts: dict[str, list[torch.Tensor]] = {"master": [], "exp_avg": [], "exp_avg_sq": []}
+        parts: dict[str, list[torch.Tensor]] = {kind: [] for kind in STATE_KINDS}
         for index, (lo, hi) in enumerate(self._chunks[key]):
             packed = self.store.fetch(self._name(key, index), TierKind.HOST).wait()
             n = hi - lo

@@ -35,6 +35,7 @@ __all__ = [
     "AdamHyper",
     "DeviceShardOptimizer",
     "HostShardOptimizer",
+    "STATE_KINDS",
     "ShardOptimizer",
     "StepItem",
     "split_by_hyper",
@@ -125,7 +126,8 @@ def _write_out(item: StepItem, values: torch.Tensor) -> None:
     item.close_target()
 
 
-_KINDS = ("master", "exp_avg", "exp_avg_sq")
+#: the fp32 states of a shard, in the order the shard optimizers keep them
+STATE_KINDS = ("master", "exp_avg", "exp_avg_sq")
 
 
 def _torch_adam(
@@ -205,7 +207,9 @@ class DeviceShardOptimizer(ShardOptimizer):
             _write_out(item, states[0])
 
     def state(self, key: int) -> dict[str, torch.Tensor]:
-        return {k: t.detach().cpu().clone() for k, t in zip(_KINDS, self._states[key], strict=True)}
+        return {
+            k: t.detach().cpu().clone() for k, t in zip(STATE_KINDS, self._states[key], strict=True)
+        }
 
     def drop(self, key: int) -> None:
         self._states.pop(key, None)

@@ -40,9 +40,9 @@ class ParamHome(ABC):
         return None
 
     def lend(self, key: int) -> torch.Tensor | None:
-        """The shard itself on the compute device, for a one-shard group to use as
-        its gathered buffer until :meth:`give_back`; None when this home cannot
-        lend it now (the caller copies from :meth:`load` instead)."""
+        """The shard itself (compute dtype, on the compute device), for a one-shard
+        group to use as its gathered buffer until :meth:`give_back`; None when this
+        home cannot lend it now (the caller copies from :meth:`load` instead)."""
         return self.load(key) if self.stable else None
 
     def give_back(self, key: int) -> None:

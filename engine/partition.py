@@ -323,13 +323,10 @@ class FlatParamGroup:
         lay = self.layout
         if lay.num_shards == 1:
             lent = self.home.lend(self.key)  # if this raises, the group stays SHARDED
-            if lent is not None:
-                if lent.device == self.device and lent.dtype == self.dtype:
-                    # one shard is the whole buffer: no copy; given back when freed
-                    self._move(GroupState.GATHERING)
-                    self.flat, self._pending, self._lent = lent, None, True
-                    return
-                self.home.give_back(self.key)
+            if lent is not None:  # one shard is the whole buffer: no copy; given back when freed
+                self._move(GroupState.GATHERING)
+                self.flat, self._pending, self._lent = lent, None, True
+                return
         shard = self.home.load(self.key)  # if this raises, the group stays SHARDED
         self._move(GroupState.GATHERING)
         self._loaded = True

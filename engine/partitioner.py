@@ -66,9 +66,8 @@ class Partitioner:
         # [Note: the flat buffers of stage 3 gathers that copy are reused (see
         #  tiermem.engine.flat_buffers); at most the prefetch window and the two
         #  largest groups around it are kept.]
-        elem = torch.empty((), dtype=self.dtype).element_size()
         window = self.settings.zero.prefetch_bucket_size + 2 * self.largest_shard * self.num_shards
-        self.flat_buffers = FlatBufferPool(cap_bytes=window * elem)
+        self.flat_buffers = FlatBufferPool(cap_bytes=window * self.dtype.itemsize)
         self.placements = build_placements(
             self.settings,
             device=self.device,

@@ -67,8 +67,8 @@ def test_gathers_reuse_buffers_and_train_like_plain_torch(tmp_path):
             }
         },
     )
-    pools = []
-    losses = engine_losses(cfg, after_step=lambda engine, step: pools.append(engine.groups[0]))
-    pool = pools[-1].buffers
+    groups = []
+    losses = engine_losses(cfg, after_step=lambda engine, step: groups.append(engine.groups[0]))
+    pool = groups[-1].buffers
     assert pool is not None and pool.reused > 0
     assert max_rel_diff(losses, reference_losses()) <= 1e-5

@@ -3,7 +3,14 @@ are saved as references, so releasing a group after forward really frees its buf
 
 from __future__ import annotations
 
-from zero_helpers import config, engine_losses, make_batches, make_model, max_rel_diff
+from zero_helpers import (
+    config,
+    engine_losses,
+    make_batches,
+    make_model,
+    max_rel_diff,
+    reference_losses,
+)
 
 import tiermem
 from tiermem.engine.partition import GroupState
@@ -40,13 +47,7 @@ def test_after_forward_the_linear_layers_buffers_are_free_for_reuse(tmp_path):
 
 
 def test_rebuilt_views_give_plain_torch_gradients(tmp_path):
-    assert max_rel_diff(engine_losses(_config(tmp_path)), _reference()) <= 1e-5
-
-
-def _reference():
-    from zero_helpers import reference_losses
-
-    return reference_losses()
+    assert max_rel_diff(engine_losses(_config(tmp_path)), reference_losses()) <= 1e-5
 
 
 def test_the_callers_own_saved_tensor_hooks_still_see_the_activations(tmp_path):
