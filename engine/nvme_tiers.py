@@ -54,6 +54,7 @@ class StoreSpec:
     prefetch_bytes: int
     pin_memory: bool = False
     aio: object = None
+    key: str = "nvme_path"  # the config key the paths came from, for errors
 
 
 def rank_paths(paths: Sequence[str], rank: int, *, key: str = "nvme_path") -> tuple[str, ...]:
@@ -108,7 +109,25 @@ def open_store(spec: StoreSpec) -> TensorStore:
         pin_memory=bool(spec.pin_memory),
         **kwargs,
     )
-    return TensorStore(cfg)
+    try:
+        return TensorStore(cfg)
+    except OSError as exc:
+        # [Note: a directory the checks above let through can still fail to be
+        #  made (under /proc, a vanished parent): named by its config key too.]
+        bad = exc.filename and _is_or_holds(os.fspath(exc.filename), spec.paths)
+        if not bad:
+            raise
+        raise ConfigError(
+            f"{exc.filename}: cannot be created or used as a swap directory "
+            f"({exc.strerror or exc})",
+            path=spec.key,
+        ) from exc
+
+
+def _is_or_holds(name: str, paths: Sequence[str]) -> bool:
+    """Whether ``name`` is one of ``paths`` or a directory above one (made for it)."""
+    name = os.path.abspath(name)
+    return any(os.path.commonpath([name, os.path.abspath(p)]) == name for p in paths)
 
 
 @dataclass(kw_only=True)

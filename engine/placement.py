@@ -111,6 +111,7 @@ def build_placements(
                 prefetch_bytes=prefetch,
                 pin_memory=zero.pin_memory and device.type == "cuda",
                 aio=settings.aio,
+                key=key,
             )
             stores[paths] = open_store(spec)
         return stores[paths]
