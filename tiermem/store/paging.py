@@ -127,6 +127,16 @@ class Pager:
             except OSError as exc:
                 error = error or exc
         nv = e.copies[TierKind.NVME]
+        if error is None and self._changed_in_flight(f):
+            # [Note: the copy was fetched while it was written (write_back of a
+            #  copy another holder has) and changed meanwhile: the new extent
+            #  may hold a mix of old and new bytes, so it is dropped and the
+            #  copy stays dirty; the previous extent stays the tensor's.]
+            self._nvme.release(f.extent)
+            self._set(e, c, R.DIRTY)
+            if nv.state is R.LOADING:
+                self._set(e, nv, R.ABSENT)
+            return
         if error is not None:
             self._nvme.release(f.extent)
             self._set(e, c, R.DIRTY)
@@ -152,6 +162,13 @@ class Pager:
             self.telemetry.evictions[TierKind.HOST] += 1
         else:
             self._set(e, c, R.CLEAN)
+
+    def _changed_in_flight(self, f: FlushOp) -> bool:
+        """Whether a held copy's bytes differ from those its write started with."""
+        c = f.copy
+        if not c.refs or f.crc is None or c.block is None:
+            return False
+        return crc32c(c.block.data[: f.entry.nbytes]) != f.crc
 
     def _wait_flush(self, f: FlushOp | None, *, raise_error: bool = True) -> None:
         if f is None:

@@ -279,7 +279,11 @@ class TensorStore(Pager):
         if c.failed is not None:  # a prefetch of this copy failed: report it here
             error, c.failed = c.failed, None
             raise error
-        if c.state is R.EVICTING:
+        if c.state in (R.EVICTING, R.FLUSHING):
+            # [Note: a copy being written behind (FLUSHING) is not handed out
+            #  until the write is done: a caller could change it while it is
+            #  written, and a commit would then record an extent whose bytes
+            #  do not match the CRC taken when the write started.]
             self._wait_flush(c.flush)
         if tier is e.home and any(
             o.state in (R.DIRTY, R.FLUSHING) for o in e.copies.values() if o is not c
