@@ -448,6 +448,8 @@ def _save_locked(
     prepare: Callable[[], None],
     started: float,
 ) -> Path:
+    """The rest of :func:`save_checkpoint`: ``prepare`` (the lock and the staging
+    directory on rank 0), the tensors, the commit."""
     comm = engine.comm
     _all_ok(engine, prepare, "preparing the staging directory")
     stage = staging_dir(root, tag)

@@ -630,7 +630,11 @@ def prepare_staging(save_dir: str | os.PathLike, tag: str) -> Path:
             f"{stage}: exists and was not made by tiermem (it has no {STAGING_MARKER} marker); "
             f"it is in the way of saving tag {tag!r}: move it or choose another tag"
         ) from None
-    _write_file_synced(stage / STAGING_MARKER, b"tiermem checkpoint staging directory\n")
+    try:
+        _write_file_synced(stage / STAGING_MARKER, b"tiermem checkpoint staging directory\n")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)  # a full disk: leave nothing behind
+        raise
     return stage
 
 
@@ -664,7 +668,11 @@ def commit_staging(save_dir: str | os.PathLike, tag: str) -> Path:
         # [Note: the old checkpoint is marked before the exchange puts it at
         #  the staging name, so a save killed before it is deleted leaves a
         #  directory the next save knows as its own.]
-        _write_file_synced(final / STAGING_MARKER, b"tiermem checkpoint staging directory\n")
+        try:
+            _write_file_synced(final / STAGING_MARKER, b"tiermem checkpoint staging directory\n")
+        except BaseException:
+            (final / STAGING_MARKER).unlink(missing_ok=True)
+            raise
         if _rename_exchange(stage, final):
             pause_point("renamed")
             _drop_marker(final)

@@ -57,8 +57,9 @@ def locked_save_dir(save_dir: str | os.PathLike) -> Iterator[Path]:
             break
         os.close(fd)  # unlinked by the previous holder as we locked it: again
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # the pid only informs; a full disk is named later
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield root
     finally:
         with contextlib.suppress(FileNotFoundError):
