@@ -12,6 +12,7 @@ import os
 import stat
 from pathlib import Path
 
+from tiermem.buffers import ALIGNMENT
 from tiermem.store.errors import StoreError
 
 __all__ = ["check_extent", "check_owner", "check_private_dir", "is_int", "same_file"]
@@ -54,6 +55,7 @@ def check_private_dir(path: Path) -> None:
 
 
 def check_owner(fd: int, path: Path) -> None:
+    """StoreError unless the file open as ``fd`` (at ``path``) belongs to this user."""
     st = os.fstat(fd)
     if st.st_uid != os.getuid():
         raise StoreError(
@@ -73,12 +75,13 @@ def same_file(path: Path, fd: int) -> bool:
 
 
 def is_int(value: object) -> bool:
+    """Whether a JSON value is an integer (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_extent(rec: object, capacity: int, *, where: str) -> tuple[int, int]:
     """(offset, length) of a table record, or StoreError (prefixed ``where``) unless
-    they are integers, 4 KiB-aligned, the length positive and the extent inside
+    they are integers, aligned (4 KiB), the length positive and the extent inside
     ``capacity``.
 
     [Note: the table's checksum catches damage, not a table written by other
@@ -91,10 +94,10 @@ def check_extent(rec: object, capacity: int, *, where: str) -> tuple[int, int]:
     offset, length = rec.get("offset"), rec.get("length")
     if not is_int(offset) or not is_int(length):
         raise StoreError(f"{where}: offset {offset!r} and length {length!r} must be integers")
-    if offset < 0 or offset % 4096 or length <= 0 or length % 4096:
+    if offset < 0 or offset % ALIGNMENT or length <= 0 or length % ALIGNMENT:
         raise StoreError(
             f"{where}: extent of {length} bytes at {offset}: offset and length must be "
-            "multiples of 4096, the length positive"
+            f"multiples of {ALIGNMENT}, the length positive"
         )
     if offset + length > capacity:
         raise StoreError(
