@@ -156,12 +156,13 @@ def initialize(
     return engine, engine.optimizer, loader, engine.lr_scheduler
 
 
-def init_context(config: Any = None, **kwargs: Any) -> Any:
+def init_context(config: Any = None, *, module_inits: Any = (), **kwargs: Any) -> Any:
     """A context in which models are built partitioned (like ``deepspeed.zero.Init``).
 
     ``with tiermem.init_context(config=cfg): model = MyModel()``; then pass
     ``model`` and the same config to :func:`initialize`. See
-    :mod:`tiermem.engine.zero_init`.
+    :mod:`tiermem.engine.zero_init`. ``module_inits``: per-module init methods to run
+    on gathered parameters (``tiermem.init_context`` passes Hugging Face's).
     """
     from tiermem.engine.zero_init import InitContext
 
@@ -171,4 +172,4 @@ def init_context(config: Any = None, **kwargs: Any) -> Any:
         raise TypeError(f"init_context: unexpected arguments {sorted(kwargs)}")
     if config is None:
         raise ValueError("init_context: pass the config (a dict or a JSON file path)")
-    return InitContext(config)
+    return InitContext(config, module_inits=module_inits)
