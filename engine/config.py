@@ -69,7 +69,9 @@ TOP_LEVEL_IGNORED: Mapping[str, str] = {
             "wandb",
             "csv_monitor",
             "comet",
+            "aim",
             "memory_breakdown",
+            "log_level",
             "dump_state",
             "timers",
         ),
@@ -86,6 +88,8 @@ TOP_LEVEL_IGNORED: Mapping[str, str] = {
             "autotuning",
             "compile",
             "vocabulary_size",
+            "managed_gradient_accumulation",
+            "use_data_before_expert_parallel_",
         ),
         _DS_POLICY,
     ),
@@ -120,6 +124,8 @@ TOP_LEVEL_IGNORED: Mapping[str, str] = {
             "datastates",
             "graph_harvesting",
             "torch_autocast",
+            "expert_parallel",
+            "zenflow",
         ),
         _FEATURE,
     ),
@@ -149,6 +155,7 @@ class TiermemConfig(Section):
     PATH: ClassVar[str] = ""
     ALIASES: ClassVar[Mapping[str, str]] = {"bfloat16": "bf16"}
     IGNORED: ClassVar[Mapping[str, str]] = TOP_LEVEL_IGNORED
+    UNKNOWN_WARNS: ClassVar[bool] = True
     REPLACED: ClassVar[Mapping[str, str]] = {
         "amp": 'NVIDIA Apex AMP is not supported; use "bf16" or "fp16"',
     }
@@ -404,7 +411,11 @@ def _parse_dict(raw: Any) -> TiermemConfig:
             values[name] = None if value is None else SchedulerConfig.parse(value, ctx)
         else:
             assert spec.section is not None
-            values[name] = parse_section(spec.section, value, name, ctx)
+            # errors name the section as the file spells it ("bfloat16" or "bf16")
+            spelt = next(
+                (k for k, v in TiermemConfig.ALIASES.items() if v == name and k in raw), name
+            )
+            values[name] = parse_section(spec.section, value, spelt, ctx)
     aio = values.get("aio")
     if isinstance(aio, AioSectionConfig) and aio.use_gds:
         ctx.ignored.append(("aio.use_gds", "GPUDirect Storage is not supported"))

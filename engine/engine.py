@@ -32,6 +32,7 @@ from torch import nn
 from tiermem import adam
 from tiermem.engine.checkpointing import ActivationCheckpointing
 from tiermem.engine.comm import Communicator
+from tiermem.engine.config_base import ConfigError
 from tiermem.engine.grads import BackwardPass, GradReducer
 from tiermem.engine.hooks import ParamScheduler
 from tiermem.engine.optimizer_step import AdamHyper, StepItem
@@ -319,7 +320,21 @@ class TiermemEngine:
         if self.settings.scheduler and self.optimizer is not None:
             from tiermem.engine.lr_schedules import build_lr_scheduler
 
-            return build_lr_scheduler(self.optimizer, self.settings.scheduler)
+            try:
+                return build_lr_scheduler(self.optimizer, self.settings.scheduler)
+            except ConfigError as err:
+                if err.path is None or not err.path.startswith("scheduler.params."):
+                    raise
+                if '"auto"' not in err.detail:
+                    raise
+                raise ConfigError(
+                    'is "auto", and tiermem.initialize does not know the length of the run: '
+                    "write a number in the config, or pass lr_scheduler= to tiermem.initialize "
+                    "(a scheduler, or a callable taking the optimizer, such as "
+                    "lambda opt: tiermem.engine.lr_schedules.build_lr_scheduler(opt, "
+                    'config["scheduler"], total_steps=..., warmup_steps=...))',
+                    path=err.path,
+                ) from None
         return None
 
     def _begin_pass(self, _module: nn.Module, _args: Any) -> None:
