@@ -15,9 +15,9 @@ init methods named in ``module_inits`` (Hugging Face's, see
 :mod:`tiermem.hf.model_init`), run with the module's own and its direct
 children's parameters gathered in fp32 and store the new values after it: the
 random numbers are drawn in the same order, on the same full tensors, as in an
-eager build, so the weights are the same bit for bit. The root module's own parameters and those of its
-direct children are partitioned by :func:`tiermem.initialize`, which adopts
-the groups built here.
+eager build, so the weights are the same bit for bit. The root module's own
+parameters and those of its direct children are partitioned by
+:func:`tiermem.initialize`, which adopts the groups built here.
 
 Code that changes already partitioned parameters outside ``apply`` must do
 it inside :meth:`InitContext.gathered`; otherwise it sees empty tensors and
@@ -73,10 +73,11 @@ class InitContext:
     """Partitions parameters while a model is built; see the module docstring."""
 
     def __init__(self, config: Any, *, module_inits: Iterable[tuple[type, str]] = ()) -> None:
-        """``module_inits``: ``(class, method name)`` pairs of per-module init methods
-        called as ``method(owner, module, ...)`` (Hugging Face's
-        ``PreTrainedModel._initialize_weights``); inside the context each runs with
-        :func:`init_targets` of its ``module`` gathered."""
+        """``module_inits``: ``(class, method name)`` or ``(class, method name, skip)``
+        of per-module init methods called as ``method(owner, module, ...)`` (Hugging
+        Face's ``PreTrainedModel._initialize_weights``); inside the context each runs
+        with :func:`init_targets` of its ``module`` gathered, unless ``skip(module)``
+        says the call will not touch them."""
         from tiermem.engine.engine import compute_device
 
         init_distributed_from_env()
@@ -103,7 +104,7 @@ class InitContext:
         self._handle = None
         self._saved_apply = None
         self._module_inits = tuple(module_inits)
-        for owner, name in self._module_inits:
+        for owner, name, *_ in self._module_inits:
             if not callable(owner.__dict__.get(name)):
                 raise TypeError(f"module_inits: {owner.__name__} defines no method {name!r}")
         self._saved_inits: list[tuple[type, str, Any]] = []
@@ -126,18 +127,21 @@ class InitContext:
 
         nn.Module.apply = apply
         self._saved_inits = []
-        for owner, name in self._module_inits:
+        for owner, name, *skip in self._module_inits:
             original = owner.__dict__[name]
             self._saved_inits.append((owner, name, original))
-            setattr(owner, name, self._gathering(original))
+            setattr(owner, name, self._gathering(original, skip[0] if skip else None))
         return self
 
-    def _gathering(self, method: Any) -> Any:
-        """``method(self_, module, ...)`` run with ``module``'s init targets gathered."""
+    def _gathering(self, method: Any, skip: Any = None) -> Any:
+        """``method(self_, module, ...)`` run with ``module``'s init targets gathered (not
+        where ``skip(module)`` says the method will not touch them)."""
         context = self
 
         @functools.wraps(method)
         def run(owner: Any, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            if skip is not None and skip(module):
+                return method(owner, module, *args, **kwargs)
             with context.gathered(*init_targets(module)):
                 return method(owner, module, *args, **kwargs)
 

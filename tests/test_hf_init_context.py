@@ -123,3 +123,24 @@ def test_trajectory_equals_an_eager_build(tmp_path, name):
     assert all(torch.isfinite(torch.tensor(got)))
     rel = max(abs(a - b) / abs(b) for a, b in zip(got, expected, strict=True))
     assert rel <= 1e-5, (got, expected)
+
+
+def test_each_group_is_gathered_at_most_twice_while_built(tmp_path, monkeypatch):
+    """Once for its own module's init, once for its parent's (whose init may set its
+    children's weights); the outer model's post_init skips the modules a nested model's
+    post_init already initialised, so the tiers are not read and written again."""
+    from collections import Counter
+
+    from tiermem.engine import zero_init
+
+    counts: Counter = Counter()
+    real = zero_init.InitContext._full_fp32
+
+    def spy(self, group):
+        counts[group.key] += 1
+        return real(self, group)
+
+    monkeypatch.setattr(zero_init.InitContext, "_full_fp32", spy)
+    with tiermem.init_context(config=_config(tmp_path)):
+        build("llama")  # LlamaForCausalLM's post_init runs after LlamaModel's
+    assert len(counts) > 10 and max(counts.values()) <= 2

@@ -22,11 +22,12 @@ Nothing here imports transformers unless it is imported already.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 __all__ = ["module_init_methods"]
 
 
-def module_init_methods() -> tuple[tuple[type, str], ...]:
+def module_init_methods() -> tuple[tuple[Any, ...], ...]:
     """``(class, method)`` pairs for :class:`tiermem.engine.zero_init.InitContext`'s
     ``module_inits``: Hugging Face's per-module weight init, when transformers is loaded."""
     if "transformers" not in sys.modules:
@@ -39,4 +40,10 @@ def module_init_methods() -> tuple[tuple[type, str], ...]:
             "PreTrainedModel._initialize_weights, so models built in the context would "
             "keep uninitialised weights; build the model outside init_context"
         )
-    return ((PreTrainedModel, "_initialize_weights"),)
+    return ((PreTrainedModel, "_initialize_weights", _already_initialized),)
+
+
+def _already_initialized(module: Any) -> bool:
+    """``_initialize_weights`` returns at once for a module marked initialised (a nested
+    model's ``post_init`` ran first): no gather, so no read or write of its tiers."""
+    return bool(getattr(module, "_is_hf_initialized", False))
