@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -88,6 +89,7 @@ TOP_LEVEL_IGNORED: Mapping[str, str] = {
             "autotuning",
             "compile",
             "vocabulary_size",
+            "allgather_size",
             "managed_gradient_accumulation",
             "use_data_before_expert_parallel_",
         ),
@@ -405,6 +407,15 @@ def _parse_dict(raw: Any) -> TiermemConfig:
         if spec.kind != "section" or name not in values:
             continue
         value = values[name]
+        if name == "zero_optimization" and isinstance(value, bool):
+            # DeepSpeed's oldest form, still read: true is stage 1, false stage 0
+            value = {"stage": 1 if value else 0}
+            warnings.warn(
+                f'"zero_optimization": {str(values[name]).lower()} is deprecated; read as '
+                f'{{"stage": {value["stage"]}}}, as DeepSpeed reads it',
+                ConfigWarning,
+                stacklevel=3,
+            )
         if name == "optimizer":
             values[name] = None if value is None else OptimizerConfig.parse(value, ctx)
         elif name == "scheduler":

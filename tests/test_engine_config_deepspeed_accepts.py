@@ -17,8 +17,7 @@ from zero_helpers import config, engine_losses, max_rel_diff, reference_losses
 
 import tiermem
 from tiermem.engine.config import ConfigError, ConfigWarning, parse_config
-from tiermem.engine.settings import engine_settings
-WHOLE_SHARD = 1 << 62
+from tiermem.engine.settings import WHOLE_SHARD, engine_settings
 
 
 def _quiet(raw):
@@ -187,3 +186,10 @@ def test_scheduler_auto_at_initialize_names_what_initialize_takes():
     assert info.value.path == "scheduler.params.total_num_steps"
     assert "lr_scheduler= to tiermem.initialize" in message
     assert "pass total_steps= to build_lr_scheduler" not in message
+
+
+@pytest.mark.parametrize("value, stage", [(True, 1), (False, 0)])
+def test_zero_optimization_as_a_boolean_is_read_as_deepspeed_reads_it(value, stage):
+    with pytest.warns(ConfigWarning, match="is deprecated"):
+        cfg = parse_config({"zero_optimization": value, "allgather_size": 5e8})
+    assert cfg.zero_optimization.stage == stage
