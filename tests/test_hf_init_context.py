@@ -97,7 +97,7 @@ def test_bf16_masters_equal_an_eager_build(tmp_path, name):
         engine.close()
 
 
-def _losses(engine, name: str, steps: int = 3) -> list[float]:
+def _losses(engine, name: str, steps: int = 2) -> list[float]:
     torch.manual_seed(7)  # dropout
     out = []
     for step in range(steps):
