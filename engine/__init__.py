@@ -27,9 +27,9 @@ def _check_model_parameters(model: nn.Module, model_parameters: Any) -> Any:
     """``model_parameters`` as a list (param-group dicts with list ``params``), checked.
 
     [Note: as in DeepSpeed, the optimizer steps only what ``model_parameters``
-    holds: a trainable parameter left out is never updated (it still gets a
-    gradient, and counts in the gradient-clipping norm, which DeepSpeed takes
-    over the optimizer's parameters only), and a param group may be empty.]
+    holds: a trainable parameter left out is never updated and does not count
+    in the gradient-clipping norm (it still gets a gradient), and a param group
+    may be empty.]
 
     [Note: returned as a list because the usual argument is a one-shot iterator
     (``filter(lambda p: p.requires_grad, model.parameters())``) that the check

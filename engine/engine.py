@@ -261,6 +261,7 @@ class TiermemEngine:
         hp = self._hyper_settings
         trainable = [p for g in self.groups if g.trainable for p in g.params]
         self._segments: dict[int, tuple[tuple[int, int, int], ...]] = {}
+        self._left_out = False
         if hp is None:
             self.optimizer = None
             return
@@ -541,9 +542,16 @@ class TiermemEngine:
         )
 
     def _global_sqnorm(self, keys: Iterable[int]) -> float:
+        """Squared norm of the gradients the optimizer steps (DeepSpeed's clipping norm
+        leaves out parameters that no param group holds)."""
         total = 0.0
         for gi in keys:
-            total += _sqnorm(self.reducer.open_owner_grad(gi))
+            grad = self.reducer.open_owner_grad(gi)
+            segments = self._segments.get(gi, ()) if self._left_out else ()
+            if any(i < 0 for _, _, i in segments):
+                total += sum(_sqnorm(grad[lo:hi]) for lo, hi, i in segments if i >= 0)
+            else:
+                total += _sqnorm(grad)
             self.reducer.close_owner_grad(gi)
         if self.stage > 0:
             total = self.comm.all_reduce_scalar(total)

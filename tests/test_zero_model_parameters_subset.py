@@ -90,3 +90,27 @@ def test_a_tensor_the_model_does_not_hold_is_refused():
         tiermem.initialize(
             model=_model(), model_parameters=[torch.nn.Parameter(torch.ones(2))], config=_cfg(0)
         )
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_clipping_norm_counts_only_the_stepped_parameters(stage):
+    """DeepSpeed clips over the optimizer's parameters: those left out do not count."""
+    model = _model()
+    cfg = {**_cfg(stage), "gradient_clipping": 0.01}
+    engine, *_ = tiermem.initialize(
+        model=model, model_parameters=[model[2].weight, model[0].bias], config=cfg
+    )
+    reference = _model()
+    stepped = [reference[2].weight, reference[0].bias]
+    opt = torch.optim.AdamW(stepped, **HYPER)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        x = torch.randn(4, 8, generator=gen)
+        engine.backward(engine(x).square().mean())
+        engine.step()
+        reference(x).square().mean().backward()
+        expected_norm = torch.nn.utils.clip_grad_norm_(stepped, 0.01)
+        assert engine.get_global_grad_norm() == pytest.approx(expected_norm.item(), rel=1e-5)
+        opt.step()
+        opt.zero_grad()
+    _check(engine, reference, None)
