@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 from tiermem.engine.config_base import ConfigError
+from tiermem.engine.settings import WHOLE_SHARD
 
 __all__ = ["AUTO_DEVICE", "model_shape", "plan_placement", "resolve_auto_placement"]
 
@@ -112,7 +113,7 @@ def plan_placement(
         pin_memory=bool(opt.pin_memory),
         param_buffer_count=param.buffer_count,
         optimizer_buffer_count=opt.buffer_count,
-        sub_group_size=zero.sub_group_size,
+        sub_group_size=zero.sub_group_size or WHOLE_SHARD,
         prefetch_bucket_size=int(zero.stage3_prefetch_bucket_size),
         param_persistence_threshold=int(zero.stage3_param_persistence_threshold),
         # the model exists already: its bytes are gone from the available memory

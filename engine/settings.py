@@ -19,6 +19,9 @@ from tiermem.engine.precision import PrecisionConfig
 
 __all__ = ["EngineSettings", "OptimizerSettings", "ZeroSettings", "engine_settings"]
 
+#: ``sub_group_size`` 0: every shard is one optimizer sub-group
+WHOLE_SHARD = 1 << 62
+
 
 @dataclass(frozen=True, kw_only=True)
 class OptimizerSettings:
@@ -114,6 +117,7 @@ def engine_settings(config: Any, *, world_size: int, model: Any = None) -> Engin
         initial_scale_power=int(fp16.initial_scale_power),
         loss_scale_window=int(fp16.loss_scale_window),
         hysteresis=int(fp16.hysteresis),
+        consecutive_hysteresis=bool(fp16.consecutive_hysteresis),
         min_loss_scale=float(fp16.min_loss_scale),
     )
     from tiermem.engine.auto_placement import resolve_auto_placement
@@ -138,7 +142,10 @@ def engine_settings(config: Any, *, world_size: int, model: Any = None) -> Engin
         param_buffer_count=op.buffer_count,
         param_buffer_size=op.buffer_size,
         optimizer_buffer_count=oo.buffer_count,
-        sub_group_size=z.sub_group_size,
+        # [Note: DeepSpeed's sub_group_size 0 makes each parameter a sub-group of its
+        #  own; tiermem's finest optimizer sub-group is a module group's whole shard,
+        #  so 0 means "never split a shard".]
+        sub_group_size=z.sub_group_size or WHOLE_SHARD,
         prefetch_bucket_size=int(z.stage3_prefetch_bucket_size),
         max_live_parameters=z.stage3_max_live_parameters,
         param_persistence_threshold=int(z.stage3_param_persistence_threshold),
