@@ -102,7 +102,8 @@ def check_same_launch(comm: Communicator, fingerprint: dict[str, Any]) -> None:
     # every rank gathered the same digests, so every rank takes the same branch below
     if len({d[:64] for d in digests}) > 1:
         configs = [
-            json.loads(b) for b in comm.all_gather_bytes(json.dumps(fingerprint["config"]).encode())
+            json.loads(b)
+            for b in comm.all_gather_bytes(json.dumps(fingerprint["config"], default=str).encode())
         ]
         rank = next(r for r, c in enumerate(configs) if c != configs[0])
         key, first, other = _first_config_difference(configs[0], configs[rank])
