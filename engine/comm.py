@@ -133,6 +133,8 @@ def init_distributed_from_env() -> bool:
             "with torchrun (python -m torch.distributed.run), which sets them"
         )
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":  # before any collective: NCCL needs one GPU per rank of a node
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0") or "0"))
     dist.init_process_group(backend=backend, timeout=process_group_timeout())
     return True
 
@@ -363,20 +365,31 @@ class Communicator:
             pending.wait()
         return pending
 
-    def all_reduce_scalar(self, value: float, *, device: torch.device | str = "cpu") -> float:
+    def _wire_device(self, device: torch.device | str | None) -> torch.device | str:
+        """``device``, else where this backend moves small tensors (NCCL: this rank's GPU)."""
+        if device is not None:
+            return device
+        if self.backend == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return "cpu"
+
+    def all_reduce_scalar(self, value: float, *, device: torch.device | str | None = None) -> float:
         """The sum over ranks of a Python float (float64 on the wire)."""
         if self.world_size == 1:
             return float(value)
-        t = torch.tensor([value], dtype=torch.float64, device=device)
+        t = torch.tensor([value], dtype=torch.float64, device=self._wire_device(device))
         self._collective(
             "all_reduce", lambda: dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         )
         return float(t.item())
 
-    def all_gather_bytes(self, data: bytes, *, device: torch.device | str = "cpu") -> list[bytes]:
+    def all_gather_bytes(
+        self, data: bytes, *, device: torch.device | str | None = None
+    ) -> list[bytes]:
         """Every rank's ``data`` (any lengths), in rank order."""
         if self.world_size == 1:
             return [bytes(data)]
+        device = self._wire_device(device)
         length = torch.tensor([len(data)], dtype=torch.int64, device=device)
         lengths = [torch.zeros_like(length) for _ in range(self.world_size)]
         self._collective("all_gather", lambda: dist.all_gather(lengths, length, group=self.group))
