@@ -104,11 +104,12 @@ def initialize(
     config's ``scheduler``. ``training_data`` (a Dataset) gives a DataLoader
     with the micro batch size, and a DistributedSampler over the ranks.
     Launched by ``torchrun`` with several ranks, the process group is started
-    here if it is not already.
+    here if it is not already, and every rank checks that the others were
+    given the same config and model (an error names the rank and the key).
     """
     from tiermem.engine.comm import Communicator, init_distributed_from_env
     from tiermem.engine.engine import TiermemEngine
-    from tiermem.engine.settings import engine_settings
+    from tiermem.engine.rank_agreement import agreed_settings
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -116,7 +117,7 @@ def initialize(
         raise ValueError("config: pass a dict or the path of a JSON config")
     init_distributed_from_env()
     comm = Communicator()
-    settings = engine_settings(config, world_size=comm.world_size, model=model)
+    settings = agreed_settings(comm, config, model)
     if settings.raw.seed is not None:
         _seed_everything(settings.raw.seed)
     model_parameters = _check_model_parameters(model, model_parameters)

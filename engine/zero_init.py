@@ -43,7 +43,7 @@ from torch.nn.modules import module as torch_module
 from tiermem.engine.comm import Communicator, init_distributed_from_env
 from tiermem.engine.partition import FlatParamGroup, ParamSlot
 from tiermem.engine.partitioner import Partitioner
-from tiermem.engine.settings import engine_settings
+from tiermem.engine.rank_agreement import agreed_settings
 
 __all__ = ["InitContext", "context_of", "init_targets"]
 
@@ -82,7 +82,7 @@ class InitContext:
 
         init_distributed_from_env()
         self.comm = Communicator()
-        self.settings = engine_settings(config, world_size=self.comm.world_size)
+        self.settings = agreed_settings(self.comm, config)
         if self.settings.zero.stage != 3:
             raise ValueError(
                 "init_context partitions parameters, which needs zero_optimization.stage 3 "
