@@ -19,10 +19,17 @@ parameters) and in one run, each case in a fresh subprocess
    Targets: tiermem NVMe >= 2x faster than DeepSpeed NVMe; tiermem CPU
    offload >= 1.0x DeepSpeed's. A missing DeepSpeed is reported as skipped.
 
-``--capacity`` (manual, not CI) instead trains a GPT whose training state
-(~18 bytes/parameter) is >= 2x this machine's RAM for 3 steps with
-parameters and optimizer on NVMe, built under ``tiermem.init_context``, and
-reports peak RSS, tier usage and step time.
+3. **Tight NVMe case**: the NVMe case with the store's host budget capped at
+   ``--tight-fraction`` (0.25) of the training state; ``tight_ratio`` = its
+   step / max(compute-only step, its I/O at the disk's best). Every NVMe case
+   also reports its bytes per step against ``engine.min_bytes_per_step()``.
+
+``--contend N`` runs N busy processes beside every case. ``--capacity``
+(manual, not CI) instead trains a GPT whose training state (~18
+bytes/parameter) is >= 2x this machine's RAM for ``--capacity-steps`` (8)
+steps with parameters and optimizer on NVMe, built under
+``tiermem.init_context``, and reports peak RSS, tier usage and the steady
+step against its floor (see bench/README.md).
 
 Usage::
 
