@@ -299,8 +299,11 @@ def run_tiermem(spec: dict, nvme_dir: Path) -> dict:
     try:
         for i, (idx, tgt) in enumerate(batches):
             before = _store_totals(stores)
-            # whether every store had a recorded schedule to replay when the step began
-            replayed = bool(stores) and all(s.schedule.usable for s in stores)
+            # whether every store had recorded its schedule (and could replay it) when the
+            # step began: the steady state starts there (a predicted order does not count)
+            replayed = bool(stores) and all(
+                s.schedule.usable and s.schedule.passes_recorded > 0 for s in stores
+            )
             seconds, phases, loss = _timed_step(engine, idx, tgt)
             row = {"step": i, "seconds": seconds, "phases": phases, "loss": loss}
             if stores:
