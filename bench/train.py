@@ -327,10 +327,18 @@ def run_comparison(args: argparse.Namespace, scratch: Path) -> dict:
     extra: dict[str, dict] = {}
     if args.tight_fraction > 0:
         cases.append(("tiermem", "nvme-tight"))
+        # [Note: one lent parameter buffer and one optimizer buffer of 1M-element
+        #  sub-groups, so that what the engine holds fetched at once (lent groups,
+        #  the sub-group updated and the one read ahead) fits the capped budget:
+        #  with the defaults (5 lent buffers of the largest shard, 4M-element
+        #  sub-groups) it alone can exceed 25% of the state.]
         extra["nvme-tight"] = {
             "placement": "nvme",
             "name": "tiermem-nvme-tight",
             "store_host_bytes": tight_host_bytes(state, args.tight_fraction),
+            "offload_param": {"buffer_count": 1},
+            "offload_optimizer": {"buffer_count": 1},
+            "sub_group_size": min(args.sub_group_size, 1_000_000),
         }
     skipped: dict[str, str] = {}
     if args.no_deepspeed:
