@@ -652,6 +652,27 @@ class TiermemEngine:
         """This rank's fp32 master/exp_avg/exp_avg_sq of one group's shard (host copies)."""
         return self.shard_optimizer.state(self.groups[group_index].key)
 
+    def min_bytes_per_step(self) -> dict[str, int]:
+        """The NVMe bytes (``read``, ``write``, ``total``) one optimizer step of this rank
+        must move at least with this placement, driven by :meth:`backward` and :meth:`step`;
+        see :mod:`tiermem.engine.io_minimum`. Compare with the stores' telemetry
+        (``bytes_moved``) to see how far the store is from it."""
+        from tiermem.engine.io_minimum import GroupTraffic, min_bytes_per_step
+
+        return min_bytes_per_step(
+            (
+                GroupTraffic(g.layout.shard_numel, g.trainable, g.persistent)
+                for g in self.groups
+                if g.partitioned or g.trainable
+            ),
+            params_on_nvme=self.home is not None and self.home.placement == "nvme",
+            optimizer_on_nvme=self.shard_optimizer.placement == "nvme",
+            param_itemsize=self.dtype.itemsize,
+            micro_steps=self.gradient_accumulation_steps,
+            update_in_backward=self.settings.gradient_clipping <= 0
+            and self.precision.kind != "fp16",
+        )
+
     @torch.no_grad()
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter, gathered, as CPU tensors in the compute dtype (collective)."""
