@@ -44,7 +44,31 @@ typedef struct tm_adam_buffers {
     int grad_dtype;     /* tm_dtype */
     void *param_out;    /* NULL when out_dtype is TM_DTYPE_NONE */
     int out_dtype;
+    /* Compact moments (tm_adam_step_states); exp_avg/exp_avg_sq above are
+     * then unused. */
+    int state_dtype;    /* tm_state_dtype */
+    int64_t qblock;     /* INT8: elements per scale */
+    void *m_lowp;       /* BFLOAT16: uint16_t[]; INT8: uint8_t[] codes */
+    void *v_lowp;
+    float *m_absmax;    /* INT8: one per qblock */
+    float *v_absmax;
 } tm_adam_buffers;
+
+/* The INT8 maps (ascending) and the midpoints between neighbours; built once
+ * in adam_quant.c. mid[255] is +inf. */
+typedef struct tm_quant_tables {
+    float map_signed[256];
+    float mid_signed[256];
+    float map_unsigned[256];
+    float mid_unsigned[256];
+} tm_quant_tables;
+
+const tm_quant_tables *tm_quant_tables_get(void);
+
+/* Largest INT8 block: kernels keep one block of fresh fp32 moments on the
+ * stack before quantizing it. */
+#define TM_QBLOCK_MIN 256
+#define TM_QBLOCK_MAX 2048
 
 /* One ISA's kernels. Each works on elements [begin, end) of its buffers.
  *
@@ -56,6 +80,10 @@ typedef struct tm_adam_kernels {
     const char *name;
     /* Update; returns 1 if a non-finite scaled gradient was seen, else 0. */
     int (*adam)(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin, int64_t end);
+    /* The same with BFLOAT16 or INT8 moments (b->state_dtype); for INT8,
+     * begin is a multiple of b->qblock. */
+    int (*adam_lowp)(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin,
+                     int64_t end);
     /* Returns 1 if any grad * scale in [begin, end) is inf or NaN, else 0. */
     int (*scan)(const void *grad, int grad_dtype, float scale, int64_t begin, int64_t end);
     /* Sum of squares in double. */
