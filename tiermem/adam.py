@@ -42,6 +42,7 @@ __all__ = [
     "dequantize_blockwise",
     "quant_map",
     "quantize_blockwise",
+    "state_nbytes",
     "adam_step_raw",
     "grad_sqnorm",
     "grad_sqnorm_raw",
@@ -85,6 +86,18 @@ def check_state_dtype(state_dtype: str) -> str:
     if state_dtype not in _STATE_CODES:
         raise ValueError(f"state_dtype must be one of {list(STATE_DTYPES)}, not {state_dtype!r}")
     return state_dtype
+
+
+def state_nbytes(n: int, state_dtype: str = "fp32", quant_block: int = QUANT_BLOCK) -> int:
+    """Bytes of Adam state for ``n`` parameters: the fp32 master plus both moments
+    (12 per element in fp32, 8 with bf16 moments, 6 plus one fp32 scale per moment
+    and ``quant_block`` elements with int8)."""
+    check_state_dtype(state_dtype)
+    if state_dtype == "fp32":
+        return 12 * n
+    if state_dtype == "bf16":
+        return 8 * n
+    return 6 * n + 8 * (-(-n // quant_block))
 
 
 def check_quant_block(block: int) -> int:
@@ -696,3 +709,20 @@ class CPUAdam(torch.optim.Optimizer):
 
 
 _PARAM_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def quant_codes(x: torch.Tensor, signed: bool, *, simd: str | None = None) -> torch.Tensor:
+    """Codes of normalized values ``x`` (fp32) with one kernel set's quantizer
+    (every set gives the same codes; for tests)."""
+    x = x.detach().to(torch.float32).contiguous().reshape(-1)
+    codes = torch.empty(x.numel(), dtype=torch.uint8)
+    ffi = native.ffi
+    rc = native.lib.tm_quant_codes(
+        _simd_code(simd),
+        ffi.cast("float *", x.data_ptr()),
+        x.numel(),
+        int(bool(signed)),
+        ffi.cast("uint8_t *", codes.data_ptr()),
+    )
+    _check(rc, "tm_quant_codes")
+    return codes

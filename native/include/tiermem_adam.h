@@ -111,6 +111,9 @@ TM_API int tm_adam_quant_map(int is_signed, float *map, float *mid);
 /* Block-wise quantization as the INT8 step stores it, and its inverse (for
  * conversions, e.g. checkpoints saved with another state dtype). */
 TM_API int tm_quantize_blockwise(const float *x, int64_t n, int64_t block, int is_signed, uint8_t *codes, float *absmax);
+/* Codes of n normalized values with the quantizer of kernel set simd (tm_simd;
+ * AUTO for the process-wide one): the same codes from every set (tests). */
+TM_API int tm_quant_codes(int simd, const float *x, int64_t n, int is_signed, uint8_t *codes);
 TM_API int tm_dequantize_blockwise(const uint8_t *codes, const float *absmax, int64_t n, int64_t block, int is_signed, float *x);
 
 /* Sum of squares of n gradient elements (fp32, bf16 or fp16), accumulated in

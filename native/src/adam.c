@@ -119,6 +119,8 @@ static const tm_adam_kernels *resolve(int simd) {
     return kernels_for(simd);
 }
 
+const tm_adam_kernels *tm_adam_kernels_for(int simd) { return resolve(simd); }
+
 int tm_adam_set_threads(int n) { return tm_pool_resize(n); }
 
 int tm_adam_threads(void) { return tm_pool_size(); }

@@ -195,31 +195,50 @@ TM_INLINE int bf16_range(const coeff_vectors *cv, const tm_adam_coeffs *c,
     return nonfinite | (bad != 0);
 }
 
-/* Codes of 16 normalized values: the binary search of tm_quant_code. The
- * first four probes only ever touch mid[16k - 1], so they come from a
- * 16-entry register table; the last four are gathers. */
-TM_INLINE __m128i quant16(__m512 x, __m512 top, const float *mid) {
-    __m512i idx = _mm512_setzero_si512();
-    for (int step = 128; step >= 16; step >>= 1) {
-        __m512i probe_at = _mm512_srli_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(step)), 4);
-        __m512 probe = _mm512_permutexvar_ps(probe_at, top);
-        __mmask16 up = _mm512_cmp_ps_mask(x, probe, _CMP_GT_OQ);
-        idx = _mm512_mask_add_epi32(idx, up, idx, _mm512_set1_epi32(step));
+/* Codes of 16 normalized values, equal to tm_quant_code's: a guess within one
+ * of the answer from the level and linear bin (tm_quant_tables), then one
+ * comparison with the midpoint on each side (as quant8 in adam_avx2.c). */
+TM_INLINE __m128i quant16(__m512 x, const tm_quant_tables *t, const int is_signed) {
+    const int side = is_signed ? 0 : 1;
+    const float *mid = is_signed ? t->mid_signed : t->mid_unsigned;
+    const __m512i one = _mm512_set1_epi32(1), zero = _mm512_setzero_si512();
+    __m512 a = _mm512_castsi512_ps(
+        _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7FFFFFFF)));
+    __m512i level = zero;
+    for (int k = 0; k < 7; k++) {
+        __mmask16 below = _mm512_cmp_ps_mask(a, _mm512_set1_ps(t->level_bound[k]), _CMP_LT_OQ);
+        level = _mm512_mask_add_epi32(level, below, level, one);
     }
-    for (int step = 8; step >= 1; step >>= 1) {
-        __m512i probe_at = _mm512_add_epi32(idx, _mm512_set1_epi32(step - 1));
-        __m512 probe = _mm512_i32gather_ps(probe_at, mid, 4);
-        __mmask16 up = _mm512_cmp_ps_mask(x, probe, _CMP_GT_OQ);
-        idx = _mm512_mask_add_epi32(idx, up, idx, _mm512_set1_epi32(step));
+    /* 8-entry tables: the upper half of each register is never indexed */
+    __m512 scale = _mm512_permutexvar_ps(level, _mm512_castps256_ps512(_mm256_loadu_ps(t->level_scale)));
+    __m512 width_inv =
+        _mm512_permutexvar_ps(level, _mm512_castps256_ps512(_mm256_loadu_ps(t->width_inv[side])));
+    __m512i count = _mm512_permutexvar_epi32(
+        level, _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)t->count[side])));
+    __m512i before = _mm512_permutexvar_epi32(
+        level, _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)t->before[side])));
+    __m512 capped = _mm512_min_ps(a, _mm512_set1_ps(2.0f));
+    __m512 f = _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(capped, scale), _mm512_set1_ps(0.1f)),
+                             width_inv);
+    __m512i j = _mm512_max_epi32(_mm512_cvttps_epi32(f), zero);
+    j = _mm512_min_epi32(j, _mm512_sub_epi32(count, one));
+    __m512i off = _mm512_add_epi32(_mm512_add_epi32(before, j), one);
+    __m512i c = off;
+    if (is_signed) {
+        __m512i center = _mm512_set1_epi32(127);
+        __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+        c = _mm512_mask_blend_epi32(neg, _mm512_add_epi32(center, off),
+                                    _mm512_sub_epi32(center, off));
     }
-    return _mm512_cvtepi32_epi8(idx);
-}
-
-/* top[k] = mid[16k - 1] (k >= 1; entry 0 is never probed). */
-TM_INLINE __m512 quant_top(const float *mid) {
-    __m512i at = _mm512_set_epi32(239, 223, 207, 191, 175, 159, 143, 127, 111, 95, 79, 63, 47,
-                                  31, 15, 0);
-    return _mm512_i32gather_ps(at, mid, 4);
+    __m512 hi = _mm512_i32gather_ps(c, mid, 4);
+    __m512 lo = _mm512_i32gather_ps(_mm512_max_epi32(_mm512_sub_epi32(c, one), zero), mid, 4);
+    __mmask16 up = _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ);
+    __mmask16 down = _mm512_cmp_ps_mask(x, lo, _CMP_LE_OQ) & _mm512_cmpgt_epi32_mask(c, zero);
+    c = _mm512_mask_add_epi32(c, up, c, one);
+    c = _mm512_mask_sub_epi32(c, down, c, one);
+    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    c = _mm512_maskz_mov_epi32((__mmask16)~nan, c); /* NaN: code 0, as the binary search */
+    return _mm512_cvtepi32_epi8(c);
 }
 
 TM_INLINE __m512 dequant16(const uint8_t *codes, const float *map, __m512 scale) {
@@ -266,15 +285,12 @@ TM_INLINE int int8_block(const coeff_vectors *cv, const tm_adam_coeffs *c,
     b->v_absmax[q] = max_v;
     __m512 inv_m = _mm512_set1_ps(tm_absmax_inverse(max_m));
     __m512 inv_v = _mm512_set1_ps(tm_absmax_inverse(max_v));
-    __m512 top_m = quant_top(t->mid_signed), top_v = quant_top(t->mid_unsigned);
     int64_t j = 0, len = end - begin;
     for (; j + 16 <= len; j += 16) {
         _mm_storeu_si128((__m128i *)(mq + begin + j),
-                         quant16(_mm512_mul_ps(_mm512_load_ps(m_new + j), inv_m), top_m,
-                                 t->mid_signed));
+                         quant16(_mm512_mul_ps(_mm512_load_ps(m_new + j), inv_m), t, 1));
         _mm_storeu_si128((__m128i *)(vq + begin + j),
-                         quant16(_mm512_mul_ps(_mm512_load_ps(v_new + j), inv_v), top_v,
-                                 t->mid_unsigned));
+                         quant16(_mm512_mul_ps(_mm512_load_ps(v_new + j), inv_v), t, 0));
     }
     float s_m = tm_absmax_inverse(max_m), s_v = tm_absmax_inverse(max_v);
     for (; j < len; j++) {
@@ -338,6 +354,17 @@ static int adam_lowp_avx512(const tm_adam_coeffs *c, const tm_adam_buffers *b, i
     return lowp_by_grad(c, b, begin, end, 0, 0);
 }
 
+static void quant_avx512(const tm_quant_tables *t, int is_signed, const float *x, int64_t n,
+                         uint8_t *codes) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm_storeu_si128((__m128i *)(codes + i), is_signed
+                                                     ? quant16(_mm512_loadu_ps(x + i), t, 1)
+                                                     : quant16(_mm512_loadu_ps(x + i), t, 0));
+    const float *mid = is_signed ? t->mid_signed : t->mid_unsigned;
+    for (; i < n; i++) codes[i] = tm_quant_code(mid, x[i]);
+}
+
 TM_INLINE int scan_typed(const void *grad, float scale, int64_t begin, int64_t end,
                          const int dtype) {
     __m512 s = _mm512_set1_ps(scale);
@@ -396,6 +423,7 @@ const tm_adam_kernels tm_adam_kernels_avx512 = {
     .name = "avx512",
     .adam = adam_avx512,
     .adam_lowp = adam_lowp_avx512,
+    .quant = quant_avx512,
     .scan = scan_avx512,
     .sqnorm = sqnorm_avx512,
 };

@@ -62,11 +62,34 @@ static void build_mid(const float *map, float *mid) {
     mid[255] = INFINITY;
 }
 
+static void build_guess(void) {
+    tm_quant_tables *t = &g_tables;
+    for (int e = 0; e < 8; e++) {
+        t->level_bound[e] = e < 7 ? (float)(1.0 / k_pow10[e] / 10.0) : 0.0f;
+        t->level_scale[e] = e < 7 ? (float)k_pow10[e] : 0.0f;
+    }
+    for (int side = 0; side < 2; side++) {
+        int top_bits = side == 0 ? 6 : 7; /* signed: 6 - E fraction bits, unsigned 7 - E */
+        int smaller = 0;
+        for (int e = 6; e >= 0; e--) {
+            int n = 1 << (top_bits - e);
+            t->count[side][e] = n;
+            t->width_inv[side][e] = (float)((double)n / 0.9);
+            t->before[side][e] = smaller;
+            smaller += n;
+        }
+        t->count[side][7] = 1;
+        t->width_inv[side][7] = 0.0f;
+        t->before[side][7] = -1;
+    }
+}
+
 static void build_tables(void) {
     build_map(1, g_tables.map_signed);
     build_mid(g_tables.map_signed, g_tables.mid_signed);
     build_map(0, g_tables.map_unsigned);
     build_mid(g_tables.map_unsigned, g_tables.mid_unsigned);
+    build_guess();
 }
 
 const tm_quant_tables *tm_quant_tables_get(void) {
@@ -104,6 +127,14 @@ int tm_quantize_blockwise(const float *x, int64_t n, int64_t block, int is_signe
         absmax[b] = amax;
         for (int64_t i = begin; i < end; i++) codes[i] = tm_quant_code(mid, x[i] * inv);
     }
+    return 0;
+}
+
+int tm_quant_codes(int simd, const float *x, int64_t n, int is_signed, uint8_t *codes) {
+    if (n < 0 || (n > 0 && (!x || !codes))) return -EINVAL;
+    const tm_adam_kernels *k = tm_adam_kernels_for(simd);
+    if (!k) return -ENOTSUP;
+    k->quant(tm_quant_tables_get(), is_signed, x, n, codes);
     return 0;
 }
 

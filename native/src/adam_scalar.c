@@ -90,6 +90,12 @@ static int adam_lowp_scalar(const tm_adam_coeffs *c, const tm_adam_buffers *b, i
     return nonfinite;
 }
 
+static void quant_scalar(const tm_quant_tables *t, int is_signed, const float *x, int64_t n,
+                         uint8_t *codes) {
+    const float *mid = is_signed ? t->mid_signed : t->mid_unsigned;
+    for (int64_t i = 0; i < n; i++) codes[i] = tm_quant_code(mid, x[i]);
+}
+
 static int scan_scalar(const void *grad, int dtype, float scale, int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
         if (!isfinite(load_grad(grad, dtype, i) * scale)) return 1;
@@ -110,6 +116,7 @@ const tm_adam_kernels tm_adam_kernels_scalar = {
     .name = "scalar",
     .adam = adam_scalar,
     .adam_lowp = adam_lowp_scalar,
+    .quant = quant_scalar,
     .scan = scan_scalar,
     .sqnorm = sqnorm_scalar,
 };
