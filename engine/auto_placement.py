@@ -119,6 +119,7 @@ def plan_placement(
         # the model exists already: its bytes are gone from the available memory
         model_built_on_host=False,
         placements=tuple(placements),
+        state_dtype=cfg.optimizer.state_dtype if cfg.optimizer is not None else "fp32",
     )
     machine = planning.probe_machine(paths[0] if paths else None, measure=False)
     return planning.plan(model_shape(model), machine, settings)

@@ -291,7 +291,7 @@ class BF16Config(Section):
         "immediate_grad_update": "tiermem hands gradients to the optimizer tier as they come",
         "check_grad_overflow": "bf16 needs no overflow check",
         "bf16_master_weights_and_grads": "tiermem always keeps fp32 master weights",
-        "bf16_optimizer_states": "tiermem keeps Adam moments in fp32",
+        "bf16_optimizer_states": "moments follow optimizer.params.state_dtype",
     }
     DELETE: ClassVar[Mapping[str, str]] = dict.fromkeys(
         (
@@ -402,6 +402,9 @@ class ActivationCheckpointingConfig(Section):
 # ----------------------------------------------------------------------------- optimizer
 
 OPTIMIZER_TYPES = ("Adam", "AdamW")
+#: Adam moment storage (tiermem.adam.STATE_DTYPES; repeated here so the config stays importable
+#: without the native library)
+STATE_DTYPES = ("fp32", "bf16", "int8")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -421,6 +424,8 @@ class OptimizerConfig(Section):
         "weight_decay",
         "bias_correction",
         "adam_w_mode",
+        "state_dtype",
+        "fp32_optimizer_states",
     )
     IGNORED_PARAMS: ClassVar[Mapping[str, str]] = {
         "torch_adam": "tiermem always uses its own CPU Adam",
@@ -437,6 +442,9 @@ class OptimizerConfig(Section):
     weight_decay: float | Auto = setting(0.0, kind="float", lo=0.0, auto=True)
     bias_correction: bool = setting(True, kind="bool")
     adamw_mode: bool | None = setting(None, kind="bool", nullable=True)
+    # [Note: how Adam's moments are stored (tiermem.adam.STATE_DTYPES); DeepSpeed's
+    #  "fp32_optimizer_states": false (CPU Adam keeping moments in bf16) means "bf16".]
+    state_dtype: str = setting("fp32", kind="choice", choices=STATE_DTYPES, fold_case=True)
 
     @classmethod
     def field_path(cls, name: str) -> str:
@@ -474,6 +482,7 @@ class OptimizerConfig(Section):
             "weight_decay": _json(self.weight_decay),
             "bias_correction": self.bias_correction,
             "adam_w_mode": self.adamw_mode,
+            "state_dtype": self.state_dtype,
         }
         return {"type": self.type, "params": params}
 
@@ -501,6 +510,18 @@ class OptimizerConfig(Section):
             path = join_path("optimizer.params", key)
             if key == "adam_w_mode":
                 values["adamw_mode"] = value
+            elif key == "fp32_optimizer_states":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"expected true or false, got {value!r}", path=path)
+                spelled = "fp32" if value else "bf16"
+                given = params.get("state_dtype")
+                if isinstance(given, str) and given.lower() != spelled:
+                    raise ConfigError(
+                        f'says {str(value).lower()} ("{spelled}" moments) but '
+                        f'"state_dtype" is {given!r}; give one of the two',
+                        path=path,
+                    )
+                values["state_dtype"] = spelled
             elif key in cls.PARAMS:
                 values[key] = value
             elif key == "amsgrad":

@@ -125,6 +125,7 @@ def _hyper_from_client(client: torch.optim.Optimizer) -> OptimizerSettings:
         weight_decay=float(first["weight_decay"]),
         adamw_mode=adamw,
         bias_correction=bool(first.get("bias_correction", True)),
+        state_dtype=str(first.get("state_dtype", "fp32")),
     )
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tiermem.adam import QUANT_BLOCK
+from tiermem.engine.config_base import ConfigError
 from tiermem.engine.grad_accum import (
     GradAccumulators,
     MemoryGradAccumulators,
@@ -62,6 +64,34 @@ class Placements:
         self.stores.clear()
 
 
+def _compact_optimizer(
+    settings: EngineSettings, state_dtype: str, opt_where: str, device: torch.device, store_for
+) -> ShardOptimizer:
+    """The shard optimizer for bf16 / int8 moments (tiermem.engine.compact_states)."""
+    from tiermem.engine.compact_states import CompactHostShardOptimizer, CompactNvmeShardOptimizer
+
+    zero = settings.zero
+    if opt_where == "none" and device.type != "cpu":
+        raise ConfigError(
+            f'"{state_dtype}" optimizer states need the CPU optimizer: set '
+            'zero_optimization.offload_optimizer.device to "cpu" or "nvme"',
+            path="optimizer.params.state_dtype",
+        )
+    if opt_where == "nvme":
+        return CompactNvmeShardOptimizer(
+            store_for(zero.optimizer_nvme_path, "zero_optimization.offload_optimizer.nvme_path"),
+            sub_group_size=zero.sub_group_size,
+            state_dtype=state_dtype,
+            quant_block=QUANT_BLOCK,
+        )
+    return CompactHostShardOptimizer(
+        sub_group_size=zero.sub_group_size,
+        state_dtype=state_dtype,
+        quant_block=QUANT_BLOCK,
+        pin_memory=zero.pin_memory and opt_where == "cpu",
+    )
+
+
 def _round_up(n: int, multiple: int = 4096) -> int:
     return -(-n // multiple) * multiple
 
@@ -82,7 +112,13 @@ def build_placements(
     largest_shard = max(1, int(largest_shard))
     elem = torch.empty((), dtype=dtype).element_size()
     param_bytes = _round_up(largest_shard * elem)
-    chunk_bytes = _round_up(min(zero.sub_group_size, largest_shard) * 12)
+    sub_group = min(zero.sub_group_size, largest_shard)
+    chunk_bytes = _round_up(sub_group * 12)
+    if settings.optimizer is not None and settings.optimizer.state_dtype != "fp32":
+        from tiermem.engine.compact_states import PackedLayout
+
+        layout = PackedLayout(sub_group, settings.optimizer.state_dtype, QUANT_BLOCK)
+        chunk_bytes = _round_up(layout.nbytes)
     stores: dict[tuple[str, ...], object] = {}
     lend_bytes = 0
     if param_where == "nvme" and device.type == "cpu" and num_shards == 1:
@@ -130,8 +166,13 @@ def build_placements(
                 device,
                 lend_bytes=lend_bytes,
             )
-    if opt_where == "none" and device.type != "cpu":
-        shard_optimizer: ShardOptimizer = DeviceShardOptimizer(device)
+    state_dtype = settings.optimizer.state_dtype if settings.optimizer is not None else "fp32"
+    if state_dtype != "fp32":
+        shard_optimizer: ShardOptimizer = _compact_optimizer(
+            settings, state_dtype, opt_where, device, store_for
+        )
+    elif opt_where == "none" and device.type != "cpu":
+        shard_optimizer = DeviceShardOptimizer(device)
     elif opt_where == "none":
         # [Note: on a CPU-only machine the compute device *is* host memory, so
         #  "no offload" keeps the states where "cpu" offload keeps them, and the

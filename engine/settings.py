@@ -34,6 +34,7 @@ class OptimizerSettings:
     weight_decay: float
     adamw_mode: bool
     bias_correction: bool
+    state_dtype: str  # how the moments are stored: tiermem.adam.STATE_DTYPES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +109,7 @@ def engine_settings(config: Any, *, world_size: int, model: Any = None) -> Engin
             weight_decay=float(o.weight_decay),
             adamw_mode=bool(o.adamw_mode),
             bias_correction=bool(o.bias_correction),
+            state_dtype=o.state_dtype,
         )
     fp16 = cfg.fp16
     kind = "fp16" if fp16.enabled is True else "bf16" if cfg.bf16.enabled is True else "fp32"
