@@ -266,12 +266,13 @@ class AioFile:
         """
         if getattr(self, "_f", None) is None:
             return
+        if os.getpid() != self._pid:
+            # Not under _io_lock: another thread of the parent may have held it at fork.
+            native.lib.tm_file_close(self._f)  # -ECHILD: closes the child's fds only
+            self._f = None
+            return
         with self._io_lock:
             if self._f is None:
-                return
-            if os.getpid() != self._pid:
-                native.lib.tm_file_close(self._f)  # -ECHILD: closes the child's fds only
-                self._f = None
                 return
             with self._lock:
                 pending = list(self._outstanding)
