@@ -716,10 +716,22 @@ class NvmeTier:
 
     def _submit(self, op: str, extent: Extent, buf: torch.Tensor) -> list[AioRequest]:
         reqs = []
-        for stripe, foff, boff, n in self.pieces(extent, buf.numel()):
-            f = self.stripes[stripe].file
-            piece = buf[boff : boff + n]
-            reqs.append(f.submit_read(piece, foff) if op == "read" else f.submit_write(piece, foff))
+        try:
+            for stripe, foff, boff, n in self.pieces(extent, buf.numel()):
+                f = self.stripes[stripe].file
+                piece = buf[boff : boff + n]
+                reqs.append(
+                    f.submit_read(piece, foff) if op == "read" else f.submit_write(piece, foff)
+                )
+        except BaseException:
+            # [Note: the caller releases the extent and the buffer when this
+            #  raises: the pieces already issued must finish first.]
+            for r in reqs:
+                try:
+                    r.wait()
+                except OSError:
+                    pass
+            raise
         return reqs
 
     def submit_read(self, extent: Extent, buf: torch.Tensor) -> list[AioRequest]:
