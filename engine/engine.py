@@ -179,6 +179,12 @@ class TiermemEngine:
             self._build_grad_path()
             self._build_optimizer(client_optimizer, model_parameters)
             self.lr_scheduler = self._build_lr_scheduler(lr_scheduler)
+            self.placements.predict(  # until the stores record the real order
+                [(g.key, g.index, g.trainable) for g in self.groups],
+                accumulation_steps=self.gradient_accumulation_steps,
+                update_in_backward=self.settings.gradient_clipping <= 0
+                and self.precision.kind != "fp16",
+            )
         except BaseException:
             # [Note: a failed start (a full swap disk) closes the stores it opened
             #  now, removing their scratch files, instead of whenever the engine

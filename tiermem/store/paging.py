@@ -373,7 +373,7 @@ class Pager:
         #  than one pass (four tensors through room for two keep a different
         #  one each pass): ranking by the plan first makes every pass repeat
         #  the plan, so what it did not write behind is not evicted.]
-        usable = self.schedule.usable
+        usable = self.schedule.ordered  # a recording, else the caller's prediction
         out = []
         for e in self._resident[tier].values():
             c = e.copies[tier]
@@ -589,9 +589,10 @@ class Pager:
 
     # ---- prefetch ----
     def _prefetch(self) -> None:
-        """Load upcoming fetches of the schedule within ``prefetch_bytes`` ahead."""
+        """Load upcoming fetches of the schedule (else of the prediction) within
+        ``prefetch_bytes`` ahead."""
         window = self.cfg.prefetch_bytes
-        if window <= 0 or not self.schedule.usable:
+        if window <= 0 or not self.schedule.ordered:
             return
         ahead = 0
         for distance, (name, tier) in self.schedule.upcoming():

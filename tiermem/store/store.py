@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -291,8 +292,9 @@ class TensorStore(Pager):
             else:
                 self.telemetry.cache_hits += 1
         else:
-            if self.schedule.usable:
+            if self.schedule.ordered:
                 self.telemetry.prefetch_misses += 1
+            self.telemetry.demand_loads += 1
             self._start_load(e, tier, distance=None)
         c.prefetched = False
         c.refs += 1
@@ -367,6 +369,25 @@ class TensorStore(Pager):
         c.pins -= 1
 
     # ---- passes ----
+    def predict(self, keys: Sequence[tuple[str, TierKind]]) -> None:
+        """The order the caller expects to fetch in, as ``(name, tier)`` pairs.
+
+        Until a pass has recorded the real order (and again after a recording
+        is dropped), prefetch and eviction follow this one, so the first passes
+        are not stall-bound. It need not be exact: fetches it does not expect
+        are ignored by it. An empty list removes it.
+        """
+        self._check_open()
+        order = []
+        for name, tier in keys:
+            self._entry(name)
+            tier = TierKind(tier)
+            if tier is TierKind.NVME:
+                raise ValueError(f"predict: {name!r} in NVME; fetches are into DEVICE or HOST")
+            order.append((name, tier))
+        self.schedule.predict(order)
+        self._prefetch()
+
     def begin_pass(self) -> None:
         """Start a pass over the access schedule (the first one records it)."""
         self._check_open()
