@@ -1,8 +1,9 @@
 """The paging machinery of the store: loads into a tier, write-backs to NVMe,
 eviction and prefetch.
 
-[Note: everything here runs on the caller's thread, inside store calls. The
-transfers run in the native I/O engines and on the CUDA side stream; the store
+[Note: all bookkeeping here runs on the caller's thread, inside store calls.
+The transfers run in the native I/O engines and on the CUDA side stream, the
+CRC32Cs on the store's checksum thread (:mod:`tiermem.store.checksums`); the store
 notices that they finished when it is next called (:meth:`Pager._pump`) or
 when the caller waits. So no lock is needed, and a transfer that must wait for
 another (a device copy staged through host memory, a read into room that a
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from tiermem.checksum import crc32c
+from tiermem.store.checksums import ChecksumWorker
 from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreBudgetError, StoreCorruptionError, StoreError
 from tiermem.store.nvme import Extent, NvmeTier
@@ -46,6 +47,7 @@ class Pager:
     _flushes: list[FlushOp]
     _write_errors: list[StoreError]
     _keep_plan: tuple[tuple[int, int], list[bool]] | None = None
+    _checksums: ChecksumWorker
 
     def _mem(self, kind: TierKind) -> MemoryTier:
         return self._device if kind is TierKind.DEVICE else self._host
@@ -85,17 +87,14 @@ class Pager:
         """Start writing host copy ``c`` of NVMe-homed ``e`` to a new extent."""
         assert self._nvme is not None and c.block is not None and c.tier is TierKind.HOST
         extent = self._nvme.allocate(e.nbytes, e.name)
-        crc = None
-        if self.cfg.checksum:
-            t0 = time.perf_counter()
-            crc = crc32c(c.block.data[: e.nbytes])
-            self.telemetry.checksum(e.nbytes, time.perf_counter() - t0)
-        flush = FlushOp(e, c, extent, crc, evict, time.perf_counter())
+        flush = FlushOp(e, c, extent, None, evict, time.perf_counter())
         try:
             flush.pending = self._nvme.submit_write(extent, c.block.data[: extent.length])
         except OSError as exc:
             self._nvme.release(extent)
             raise self._io_error("writing", e, extent, exc) from exc
+        if self.cfg.checksum:  # computed while the disk writes (see tiermem.store.checksums)
+            flush.checksum = self._checksums.submit(c.block.data[: e.nbytes])
         self._set(e, c, R.EVICTING if evict else R.FLUSHING)
         nv = e.copies[TierKind.NVME]
         if nv.state is R.ABSENT:
@@ -126,6 +125,10 @@ class Pager:
                 r.wait()
             except OSError as exc:
                 error = error or exc
+        if f.checksum is not None:
+            f.crc, seconds = f.checksum.result()
+            f.checksum = None
+            self.telemetry.checksum(e.nbytes, seconds)
         nv = e.copies[TierKind.NVME]
         if error is not None:
             self._nvme.release(f.extent)
@@ -263,26 +266,33 @@ class Pager:
             load.source = None
         self._free_copy(e, c)
 
-    def _finish_load(self, load: LoadOp) -> None:
-        """Complete a load whose transfers are done: check, verify, change state."""
+    def _finish_load(self, load: LoadOp, *, block: bool = True) -> bool:
+        """Complete a load whose transfers are done: check, verify, change state.
+
+        Without ``block``, returns False while the verification is still running.
+        """
         if load.finished:
-            return
+            return True
         e, c = load.entry, load.copy
-        error = None
-        for r in load.pending:
-            try:
-                r.wait()
-            except OSError as exc:
-                error = error or exc
-        if error is not None:
-            assert e.extent is not None
-            self._fail_load(load, self._io_error("reading", e, e.extent, error))
-            return
+        if load.checksum is None:
+            error = None
+            for r in load.pending:
+                try:
+                    r.wait()
+                except OSError as exc:
+                    error = error or exc
+            if error is not None:
+                assert e.extent is not None
+                self._fail_load(load, self._io_error("reading", e, e.extent, error))
+                return True
         assert c.block is not None
         if load.src is TierKind.NVME and self.cfg.checksum and e.crc is not None:
-            t0 = time.perf_counter()
-            got = crc32c(c.block.data[: e.nbytes])
-            self.telemetry.checksum(e.nbytes, time.perf_counter() - t0)
+            if load.checksum is None:  # verified beside the caller (tiermem.store.checksums)
+                load.checksum = self._checksums.submit(c.block.data[: e.nbytes])
+            if not block and not load.checksum.done():
+                return False
+            got, seconds = load.checksum.result()
+            self.telemetry.checksum(e.nbytes, seconds)
             if got != e.crc:
                 assert self._nvme is not None and e.extent is not None
                 self._fail_load(
@@ -293,7 +303,7 @@ class Pager:
                         f"stored crc32c {e.crc:08x}, read {got:08x}"
                     ),
                 )
-                return
+                return True
         load.finished = True
         self._loads.remove(load)
         c.load = None
@@ -304,6 +314,7 @@ class Pager:
         self.telemetry.transfer(
             load.src, c.tier, e.name, e.nbytes, load.started, time.perf_counter()
         )
+        return True
 
     def _poll_load(self, load: LoadOp) -> bool:
         """Advance ``load`` without blocking; True once finished."""
@@ -319,8 +330,7 @@ class Pager:
             if load.finished:
                 return True
         if all(r.done() for r in load.pending):
-            self._finish_load(load)
-            return True
+            return self._finish_load(load, block=False)
         return False
 
     def _wait_load(self, load: LoadOp) -> None:
@@ -354,7 +364,7 @@ class Pager:
         for load in list(self._loads):
             self._poll_load(load)
         for f in list(self._flushes):
-            if all(r.done() for r in f.pending):
+            if all(r.done() for r in f.pending) and (f.checksum is None or f.checksum.done()):
                 self._finish_flush(f)
                 if f.error is not None:
                     self._write_errors.append(f.error)

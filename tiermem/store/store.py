@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from tiermem.store.checksums import ChecksumWorker
 from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreError
 from tiermem.store.nvme import Extent, NvmeTier, read_table
@@ -103,6 +104,7 @@ class TensorStore(Pager):
         self._resident: dict[TierKind, dict[str, EntryRecord]] = {t: {} for t in TierKind}
         self._tick = 0
         self.schedule = PrefetchSchedule()
+        self._checksums = ChecksumWorker()
         self._device = DeviceTier(cfg.device_bytes)
         self._host = HostTier(cfg.host_bytes, pin_memory=cfg.pin_memory)
         self._nvme: NvmeTier | None = None
@@ -497,6 +499,7 @@ class TensorStore(Pager):
                 self.write_back()
         finally:
             self._closed = True
+            self._checksums.close()
             for e in self._entries.values():
                 for t in MEMORY_TIERS:
                     c = e.copies[t]
