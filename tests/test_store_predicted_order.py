@@ -66,13 +66,27 @@ def test_a_wrong_guess_still_reads_right(tmp_path):
 
 def test_position_follows_the_fetches():
     keys = [("a", H), ("b", H), ("c", H), ("a", H), ("d", H)]
-    p = PredictedOrder(keys)
+    p = PredictedOrder(keys, reach=3)
     p.observe(("a", H))
     assert p.next_use(("b", H)) == 0
     p.observe(("x", H))  # unknown: stays
     assert [k for _, k in p.upcoming(2)] == [("b", H), ("c", H)]
     p.observe(("c", H))  # b skipped
     assert p.next_use(("a", H)) == 0 and p.next_use(("b", H)) == 3
+    p.observe(("b", H))  # b came late: stays
+    assert p.next_use(("a", H)) == 0
     p.observe(("a", H))
     p.observe(("d", H))  # the end wraps to the start
     assert p.position == 0 and p.next_use(("a", H)) == 0
+
+
+def test_a_repeated_key_far_ahead_does_not_jump():
+    """A tied weight gathered again at the end of the forward is not taken for
+    its use at the end of the backward."""
+    fwd = [(f"p{i}", H) for i in range(10)]
+    p = PredictedOrder(fwd + fwd[::-1], reach=4)
+    for key in fwd:
+        p.observe(key)
+    assert p.position == 10
+    p.observe(("p0", H))  # expected 9 entries ahead: out of reach
+    assert p.position == 10 and p.next_use(("p9", H)) == 0

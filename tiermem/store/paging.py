@@ -383,7 +383,7 @@ class Pager:
         #  than one pass (four tensors through room for two keep a different
         #  one each pass): ranking by the plan first makes every pass repeat
         #  the plan, so what it did not write behind is not evicted.]
-        usable = self.schedule.ordered  # a recording, else the caller's prediction
+        usable = self.schedule.usable
         out = []
         for e in self._resident[tier].values():
             c = e.copies[tier]
@@ -410,7 +410,15 @@ class Pager:
                 out.append((kept, -far, c.last_use, e, c))
             else:
                 if distance is not None:
-                    continue
+                    # [Note: a prefetch by the caller's prediction evicts only clean
+                    #  copies the prediction needs later; the demand evictions stay
+                    #  LRU: a guess that is wrong would make Belady evict what is
+                    #  needed next, and reads cost more than a late prefetch.]
+                    nu = self.schedule.next_use((e.name, tier))
+                    if self.schedule.predicted is None or c.state is not R.CLEAN:
+                        continue
+                    if nu is not None and nu <= distance:
+                        continue
                 out.append((False, 0, c.last_use, e, c))
         out.sort(key=lambda v: v[:3])
         return [(e, c) for *_, e, c in out]

@@ -29,28 +29,34 @@ Key = tuple[str, TierKind]
 class PredictedOrder:
     """The caller's guess of its fetch order, used until a recording replaces it.
 
-    [Note: a guess is never checked like a recording is: a fetch it expects
-    moves its position there (the next occurrence at or after the position,
-    wrapping to the start), one it does not know leaves the position alone. So
-    an extra fetch or a skipped one costs only the prefetches around it.]
+    [Note: a guess is never checked like a recording is. A fetch it expects
+    a little ahead (within ``reach`` entries) moves its position past that
+    entry; one it expected a little behind (a fetch that came later than
+    guessed), or not nearby at all (a tied weight gathered again, a
+    checkpoint's read), leaves the position alone. A far jump on such a
+    fetch would make everything in between look needed only next pass.]
     """
 
-    def __init__(self, keys: list[Key]) -> None:
+    def __init__(self, keys: list[Key], *, reach: int = 32) -> None:
         self.entries: list[Key] = list(keys)
         self.position = 0
+        self.reach = reach
         self._uses: dict[Key, list[int]] = {}
         for i, key in enumerate(self.entries):
             self._uses.setdefault(key, []).append(i)
 
     def observe(self, key: Key) -> None:
-        """Move past the next expected fetch of ``key`` (none: stay)."""
+        """Move past the expected fetch of ``key`` if it is just ahead (and
+        nearer than its last expected fetch behind)."""
         uses = self._uses.get(key)
         if not uses:
             return
-        i = bisect.bisect_left(uses, self.position)
-        self.position = (uses[i] if i < len(uses) else uses[0]) + 1
-        if self.position >= len(self.entries):
-            self.position = 0
+        n, pos = len(self.entries), self.position
+        i = bisect.bisect_left(uses, pos)
+        ahead = (uses[i] if i < len(uses) else uses[0] + n) - pos  # 0: the one expected
+        behind = pos - (uses[i - 1] if i > 0 else uses[-1] - n)
+        if ahead < self.reach and ahead <= behind:
+            self.position = (pos + ahead + 1) % n
 
     def upcoming(self, limit: int | None = None) -> Iterator[tuple[int, Key]]:
         """(distance, key) of the expected fetches from the position on, one cycle at most."""
