@@ -396,8 +396,9 @@ class TiermemEngine:
         updated by the optimizer as soon as its reduced gradient lands, while
         backward goes on: the gradient is never written to its accumulator (on
         NVMe: no gradient traffic at all) and the state write-back overlaps the
-        rest of backward. The state *read* does not: a one-group step waits for
-        its own first chunk (nothing reads ahead along the backward order yet).
+        rest of backward. The state read does too where the store reads ahead
+        along the backward order: by the order the engine predicts for it from
+        the first step (Placements.predict), then by the recorded schedule.
         The reductions and the stage 1/2 all-gathers run inside backward then,
         so every rank must finish the same groups in the same order (a
         data-dependent graph, e.g. MoE routing, would mismatch collectives).

@@ -19,6 +19,7 @@ from tiermem.store.checksums import ChecksumWorker
 from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreBudgetError, StoreCorruptionError, StoreError
 from tiermem.store.nvme import Extent, NvmeTier
+from tiermem.store.readahead import ReadAhead
 from tiermem.store.records import CopyRecord, EntryRecord, FlushOp, LoadOp
 from tiermem.store.residency import plan_keeps
 from tiermem.store.schedule import PrefetchSchedule
@@ -48,6 +49,7 @@ class Pager:
     _write_errors: list[StoreError]
     _keep_plan: tuple[tuple[int, int], list[bool]] | None = None
     _checksums: ChecksumWorker
+    readahead: ReadAhead
 
     def _mem(self, kind: TierKind) -> MemoryTier:
         return self._device if kind is TierKind.DEVICE else self._host
@@ -311,6 +313,8 @@ class Pager:
             load.source.holds -= 1
             load.source = None
         self._set(e, c, R.DIRTY if load.dirty else R.CLEAN)
+        if load.src is TierKind.NVME:
+            self.readahead.on_read(e.nbytes, time.perf_counter() - load.started)
         self.telemetry.transfer(
             load.src, c.tier, e.name, e.nbytes, load.started, time.perf_counter()
         )
@@ -606,10 +610,31 @@ class Pager:
         return plan_keeps(self.schedule.entries, sizes, capacity, self.schedule.releases)
 
     # ---- prefetch ----
+    # [Note: the out-of-core pipeline. Bound by NVMe, a pass should take
+    #  max(compute, I/O), not their sum, so reads, writes, checksums and the
+    #  caller's compute run at once:
+    #  - order: every fetch has a place in an order from the first pass on, the
+    #    recorded schedule, else the caller's prediction (TensorStore.predict;
+    #    the engine predicts forward, backward and the optimizer's sub-groups);
+    #  - read-ahead: the reads of the next fetches in that order are in flight
+    #    within a window of bytes (tiermem.store.readahead) that grows by the
+    #    measured read bandwidth times each wait on a prefetch issued too late,
+    #    up to half the host tier; a prefetch evicts only what is needed later;
+    #  - write-behind: a dirty copy the schedule's plan will not keep starts its
+    #    write when released (_write_behind), so an eviction finds it clean or
+    #    being written, not waiting to start; the write is submitted before its
+    #    CRC is computed;
+    #  - checksums: on the store's checksum thread (tiermem.store.checksums),
+    #    beside compute, verified before a read copy becomes valid;
+    #  - optimizer: the engine fetches sub-group i + 1 before it updates i and
+    #    releases i dirty (NvmeShardOptimizer.step): i + 1 reads while i updates
+    #    and i - 1 writes; with an order the window reaches further ahead.
+    #  What stays serial: a completion is noticed only at the next store call;
+    #  a demand fetch that finds no clean copy to evict waits for a write.]
     def _prefetch(self) -> None:
         """Load upcoming fetches of the schedule (else of the prediction) within
-        ``prefetch_bytes`` ahead."""
-        window = self.cfg.prefetch_bytes
+        the read-ahead window."""
+        window = self.readahead.window  # measured, see tiermem.store.readahead
         if window <= 0 or not self.schedule.ordered:
             return
         ahead = 0

@@ -37,6 +37,7 @@ from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreError
 from tiermem.store.nvme import Extent, NvmeTier, read_table
 from tiermem.store.paging import MEMORY_TIERS, Pager
+from tiermem.store.readahead import ReadAhead
 from tiermem.store.records import CopyRecord, EntryRecord, FlushOp, LoadOp
 from tiermem.store.schedule import PrefetchSchedule
 from tiermem.store.states import Residency, TierKind
@@ -53,8 +54,11 @@ class FetchHandle:
     tensor with :meth:`wait`. The tensor stays valid (and is never evicted)
     until :meth:`TensorStore.release`."""
 
-    def __init__(self, store: TensorStore, entry: EntryRecord, copy: CopyRecord) -> None:
+    def __init__(
+        self, store: TensorStore, entry: EntryRecord, copy: CopyRecord, *, late: bool = False
+    ) -> None:
         self._store = store
+        self._late = late  # a prefetch still in flight when fetched
         self._entry = entry
         self._copy = copy
         self._load = copy.load
@@ -76,7 +80,11 @@ class FetchHandle:
             if not load.finished:
                 t0 = time.perf_counter()
                 self._store._wait_load(load)
-                self._store.telemetry.stall(self.name, t0, time.perf_counter())
+                t1 = time.perf_counter()
+                self._store.telemetry.stall(self.name, t0, t1)
+                if self._late:
+                    self._store.readahead.on_late(self._entry.nbytes, t1 - t0)
+                    self._store.telemetry.late_prefetches += 1
             if load.error is not None:
                 self._load = None
                 self._copy.refs = max(self._copy.refs - 1, 0)
@@ -105,6 +113,7 @@ class TensorStore(Pager):
         self._tick = 0
         self.schedule = PrefetchSchedule()
         self._checksums = ChecksumWorker()
+        self.readahead = ReadAhead(cfg.prefetch_bytes, cfg.host_bytes // 2)
         self._device = DeviceTier(cfg.device_bytes)
         self._host = HostTier(cfg.host_bytes, pin_memory=cfg.pin_memory)
         self._nvme: NvmeTier | None = None
@@ -288,6 +297,7 @@ class TensorStore(Pager):
             o.state in (R.DIRTY, R.FLUSHING) for o in e.copies.values() if o is not c
         ):
             self._write_back_entry(e, wait=True)
+        late = c.prefetched and c.state is R.LOADING
         if c.state.valid or c.state is R.LOADING:
             if c.prefetched:
                 self.telemetry.prefetch_hits += 1
@@ -301,7 +311,7 @@ class TensorStore(Pager):
         c.prefetched = False
         c.refs += 1
         c.last_use = self._next_tick()
-        handle = FetchHandle(self, e, c)
+        handle = FetchHandle(self, e, c, late=late)
         self._prefetch()
         return handle
 
@@ -400,6 +410,7 @@ class TensorStore(Pager):
         """End a pass; completes the recording on the first pass."""
         self._check_open()
         self.schedule.end_pass()
+        self.readahead.end_pass()
         self._pump(report=False)
         self._prefetch()
 

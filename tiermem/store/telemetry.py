@@ -44,6 +44,7 @@ class StoreTelemetry:
         self.prefetches_issued = 0
         self.demand_loads = 0  # fetches that had to start their own load
         self.stalls = 0  # waits for a load still in flight
+        self.late_prefetches = 0  # of them, waits for a prefetch issued too late
         self.write_backs = 0
         self.write_behinds = 0  # writes begun at a release, ahead of an eviction
         self.eviction_writes = 0  # dirty host copies whose write only began at eviction
@@ -103,6 +104,7 @@ class StoreTelemetry:
             "prefetches_issued": self.prefetches_issued,
             "demand_loads": self.demand_loads,
             "stalls": self.stalls,
+            "late_prefetches": self.late_prefetches,
             "evictions": {t.value: self.evictions.get(t, 0) for t in TierKind},
             "write_backs": self.write_backs,
             "write_behinds": self.write_behinds,
