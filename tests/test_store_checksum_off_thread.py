@@ -71,3 +71,20 @@ def test_a_flipped_byte_still_raises_on_fetch(tmp_path, crc_threads):
         with pytest.raises(StoreCorruptionError, match=rf"'a'.*checksum mismatch.*{path}"):
             store.fetch("a", H).wait()
         assert store.fetch("b", H).wait()[0].item() == 1.0
+
+
+def test_crc_still_computed_once_threads_are_refused(monkeypatch):
+    """At interpreter exit no thread may start; a store closed by its finalizer
+    then still writes its dirty tensors with their CRCs (computed inline)."""
+    import concurrent.futures.thread
+
+    from tiermem.checksum import crc32c
+    from tiermem.store.checksums import ChecksumWorker
+
+    monkeypatch.setattr(concurrent.futures.thread, "_shutdown", True)
+    buf = torch.arange(1000, dtype=torch.float32)
+    worker = ChecksumWorker()
+    try:
+        assert worker.submit(buf).result()[0] == crc32c(buf)
+    finally:
+        worker.close()

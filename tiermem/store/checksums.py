@@ -38,9 +38,17 @@ class ChecksumWorker:
 
         The caller must not free or change ``buf`` before the result is taken.
         """
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiermem-crc")
-        return self._pool.submit(_timed_crc, buf)
+        try:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiermem-crc")
+            return self._pool.submit(_timed_crc, buf)
+        except RuntimeError:
+            # [Note: no new threads once the interpreter shuts down, when a store
+            #  left open is closed (and its dirty tensors written) by its
+            #  finalizer: the CRC is then computed here.]
+            done: Future[tuple[int, float]] = Future()
+            done.set_result(_timed_crc(buf))
+            return done
 
     def close(self) -> None:
         """Stop the thread (after the work already submitted). Idempotent."""
