@@ -49,3 +49,32 @@ def test_a_late_prefetch_widens_the_store_window(tmp_path, monkeypatch):
         assert snap["late_prefetches"] > 0
         assert store.readahead.window > cfg.prefetch_bytes
         assert store.readahead.window <= cfg.host_bytes // 2
+
+
+def _reads_per_pass(tmp_path, *, window: int | None) -> int:
+    cfg = StoreConfig(host_bytes=5 * 4 * N, nvme_paths=(tmp_path / "a",), prefetch_bytes=4 * N)
+    with TensorStore(cfg) as store:
+        for i, name in enumerate(NAMES):
+            store.register(name, N, torch.float32, init=torch.full((N,), float(i)))
+        for p in range(5):
+            if window is not None:
+                store.readahead.window = window  # as if grown by late prefetches
+            if p == 3:
+                store.telemetry.reset()
+            store.begin_pass()
+            for i, name in enumerate(NAMES):
+                t = store.fetch(name, H).wait()
+                assert t[0].item() == float(i + p)
+                t.add_(1.0)
+                store.release(name, dirty=True)
+            store.end_pass()
+            store._pump()
+        return store.telemetry.snapshot()["bytes_moved"].get("nvme->host", 0)
+
+
+def test_a_wider_window_reads_no_more_than_the_plan(tmp_path):
+    """Read-ahead takes only room the write-behind plan does not keep, so a
+    window grown to its cap moves no more bytes per pass than the base one."""
+    base = _reads_per_pass(tmp_path / "base", window=None)
+    wide = _reads_per_pass(tmp_path / "wide", window=(5 * 4 * N) // 2)
+    assert wide <= base, (wide, base)

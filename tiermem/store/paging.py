@@ -411,6 +411,8 @@ class Pager:
                 if distance is not None and far <= distance:
                     continue
                 kept = tier is TierKind.HOST and self._kept_until_next_fetch(e)
+                if kept and distance is not None:
+                    continue  # read-ahead takes no room the write-behind plan keeps
                 out.append((kept, -far, c.last_use, e, c))
             else:
                 if distance is not None:
