@@ -184,6 +184,12 @@ class TiermemEngine:
             self._build_grad_path()
             self._build_optimizer(client_optimizer, model_parameters)
             self.lr_scheduler = self._build_lr_scheduler(lr_scheduler)
+            self.placements.predict(  # until the stores record the real order
+                [(g.key, g.index, g.trainable) for g in self.groups],
+                accumulation_steps=self.gradient_accumulation_steps,
+                update_in_backward=self.settings.gradient_clipping <= 0
+                and self.precision.kind != "fp16",
+            )
         except BaseException:
             # [Note: a failed start (a full swap disk) closes the stores it opened
             #  now, removing their scratch files, instead of whenever the engine
@@ -418,8 +424,9 @@ class TiermemEngine:
         updated by the optimizer as soon as its reduced gradient lands, while
         backward goes on: the gradient is never written to its accumulator (on
         NVMe: no gradient traffic at all) and the state write-back overlaps the
-        rest of backward. The state *read* does not: a one-group step waits for
-        its own first chunk (nothing reads ahead along the backward order yet).
+        rest of backward. The state read does too where the store reads ahead
+        along the backward order: by the order the engine predicts for it from
+        the first step (Placements.predict), then by the recorded schedule.
         The reductions and the stage 1/2 all-gathers run inside backward then,
         so every rank must finish the same groups in the same order (a
         data-dependent graph, e.g. MoE routing, would mismatch collectives).

@@ -53,6 +53,34 @@ class Placements:
         for store in self.stores:
             store.end_pass()
 
+    def predict(
+        self,
+        groups: list[tuple[int, int, bool]],
+        *,
+        accumulation_steps: int,
+        update_in_backward: bool,
+    ) -> None:
+        """Tell the stores the order a step is expected to fetch in, so the
+        steps before their recording prefetch too. ``groups``: ``(key, index,
+        trainable)`` in module registration order (see
+        :func:`~tiermem.engine.nvme_tiers.predict_fetch_order`)."""
+        if not self.stores:
+            return
+        from tiermem.engine.nvme_tiers import predict_fetch_order
+
+        accumulators = self.grad_accumulators
+        predict_fetch_order(
+            self.stores,
+            home=self.home,
+            optimizer=self.shard_optimizer,
+            grad_store=getattr(accumulators, "store", None)
+            if isinstance(accumulators, StoreGradAccumulators)
+            else None,
+            groups=groups,
+            accumulation_steps=accumulation_steps,
+            update_in_backward=update_in_backward,
+        )
+
     def close(self) -> None:
         """Free states and shards and close the stores (removing their scratch files)."""
         self.shard_optimizer.close()

@@ -1,8 +1,9 @@
 """The paging machinery of the store: loads into a tier, write-backs to NVMe,
 eviction and prefetch.
 
-[Note: everything here runs on the caller's thread, inside store calls. The
-transfers run in the native I/O engines and on the CUDA side stream; the store
+[Note: all bookkeeping here runs on the caller's thread, inside store calls.
+The transfers run in the native I/O engines and on the CUDA side stream, the
+CRC32Cs on the store's checksum thread (:mod:`tiermem.store.checksums`); the store
 notices that they finished when it is next called (:meth:`Pager._pump`) or
 when the caller waits. So no lock is needed, and a transfer that must wait for
 another (a device copy staged through host memory, a read into room that a
@@ -14,10 +15,11 @@ from __future__ import annotations
 
 import time
 
-from tiermem.checksum import crc32c
+from tiermem.store.checksums import ChecksumWorker
 from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreBudgetError, StoreCorruptionError, StoreError
 from tiermem.store.nvme import Extent, NvmeTier
+from tiermem.store.readahead import ReadAhead
 from tiermem.store.records import CopyRecord, EntryRecord, FlushOp, LoadOp
 from tiermem.store.residency import plan_keeps
 from tiermem.store.schedule import PrefetchSchedule
@@ -46,6 +48,8 @@ class Pager:
     _flushes: list[FlushOp]
     _write_errors: list[StoreError]
     _keep_plan: tuple[tuple[int, int], list[bool]] | None = None
+    _checksums: ChecksumWorker
+    readahead: ReadAhead
 
     def _mem(self, kind: TierKind) -> MemoryTier:
         return self._device if kind is TierKind.DEVICE else self._host
@@ -85,17 +89,14 @@ class Pager:
         """Start writing host copy ``c`` of NVMe-homed ``e`` to a new extent."""
         assert self._nvme is not None and c.block is not None and c.tier is TierKind.HOST
         extent = self._nvme.allocate(e.nbytes, e.name)
-        crc = None
-        if self.cfg.checksum:
-            t0 = time.perf_counter()
-            crc = crc32c(c.block.data[: e.nbytes])
-            self.telemetry.checksum(e.nbytes, time.perf_counter() - t0)
-        flush = FlushOp(e, c, extent, crc, evict, time.perf_counter())
+        flush = FlushOp(e, c, extent, None, evict, time.perf_counter())
         try:
             flush.pending = self._nvme.submit_write(extent, c.block.data[: extent.length])
         except OSError as exc:
             self._nvme.release(extent)
             raise self._io_error("writing", e, extent, exc) from exc
+        if self.cfg.checksum:  # computed while the disk writes (see tiermem.store.checksums)
+            flush.checksum = self._checksums.submit(c.block.data[: e.nbytes])
         self._set(e, c, R.EVICTING if evict else R.FLUSHING)
         nv = e.copies[TierKind.NVME]
         if nv.state is R.ABSENT:
@@ -126,6 +127,10 @@ class Pager:
                 r.wait()
             except OSError as exc:
                 error = error or exc
+        if f.checksum is not None:
+            f.crc, seconds = f.checksum.result()
+            f.checksum = None
+            self.telemetry.checksum(e.nbytes, seconds)
         nv = e.copies[TierKind.NVME]
         if error is None and self._changed_in_flight(f):
             # [Note: the copy was fetched while it was written (write_back of a
@@ -280,26 +285,33 @@ class Pager:
             load.source = None
         self._free_copy(e, c)
 
-    def _finish_load(self, load: LoadOp) -> None:
-        """Complete a load whose transfers are done: check, verify, change state."""
+    def _finish_load(self, load: LoadOp, *, block: bool = True) -> bool:
+        """Complete a load whose transfers are done: check, verify, change state.
+
+        Without ``block``, returns False while the verification is still running.
+        """
         if load.finished:
-            return
+            return True
         e, c = load.entry, load.copy
-        error = None
-        for r in load.pending:
-            try:
-                r.wait()
-            except OSError as exc:
-                error = error or exc
-        if error is not None:
-            assert e.extent is not None
-            self._fail_load(load, self._io_error("reading", e, e.extent, error))
-            return
+        if load.checksum is None:
+            error = None
+            for r in load.pending:
+                try:
+                    r.wait()
+                except OSError as exc:
+                    error = error or exc
+            if error is not None:
+                assert e.extent is not None
+                self._fail_load(load, self._io_error("reading", e, e.extent, error))
+                return True
         assert c.block is not None
         if load.src is TierKind.NVME and self.cfg.checksum and e.crc is not None:
-            t0 = time.perf_counter()
-            got = crc32c(c.block.data[: e.nbytes])
-            self.telemetry.checksum(e.nbytes, time.perf_counter() - t0)
+            if load.checksum is None:  # verified beside the caller (tiermem.store.checksums)
+                load.checksum = self._checksums.submit(c.block.data[: e.nbytes])
+            if not block and not load.checksum.done():
+                return False
+            got, seconds = load.checksum.result()
+            self.telemetry.checksum(e.nbytes, seconds)
             if got != e.crc:
                 assert self._nvme is not None and e.extent is not None
                 self._fail_load(
@@ -310,7 +322,7 @@ class Pager:
                         f"stored crc32c {e.crc:08x}, read {got:08x}"
                     ),
                 )
-                return
+                return True
         load.finished = True
         self._loads.remove(load)
         c.load = None
@@ -318,9 +330,12 @@ class Pager:
             load.source.holds -= 1
             load.source = None
         self._set(e, c, R.DIRTY if load.dirty else R.CLEAN)
+        if load.src is TierKind.NVME:
+            self.readahead.on_read(e.nbytes, time.perf_counter() - load.started)
         self.telemetry.transfer(
             load.src, c.tier, e.name, e.nbytes, load.started, time.perf_counter()
         )
+        return True
 
     def _poll_load(self, load: LoadOp) -> bool:
         """Advance ``load`` without blocking; True once finished."""
@@ -336,8 +351,7 @@ class Pager:
             if load.finished:
                 return True
         if all(r.done() for r in load.pending):
-            self._finish_load(load)
-            return True
+            return self._finish_load(load, block=False)
         return False
 
     def _wait_load(self, load: LoadOp) -> None:
@@ -371,7 +385,7 @@ class Pager:
         for load in list(self._loads):
             self._poll_load(load)
         for f in list(self._flushes):
-            if all(r.done() for r in f.pending):
+            if all(r.done() for r in f.pending) and (f.checksum is None or f.checksum.done()):
                 self._finish_flush(f)
                 if f.error is not None:
                     self._write_errors.append(f.error)
@@ -414,10 +428,20 @@ class Pager:
                 if distance is not None and far <= distance:
                     continue
                 kept = tier is TierKind.HOST and self._kept_until_next_fetch(e)
+                if kept and distance is not None:
+                    continue  # read-ahead takes no room the write-behind plan keeps
                 out.append((kept, -far, c.last_use, e, c))
             else:
                 if distance is not None:
-                    continue
+                    # [Note: a prefetch by the caller's prediction evicts only clean
+                    #  copies the prediction needs later; the demand evictions stay
+                    #  LRU: a guess that is wrong would make Belady evict what is
+                    #  needed next, and reads cost more than a late prefetch.]
+                    nu = self.schedule.next_use((e.name, tier))
+                    if self.schedule.predicted is None or c.state is not R.CLEAN:
+                        continue
+                    if nu is not None and nu <= distance:
+                        continue
                 out.append((False, 0, c.last_use, e, c))
         out.sort(key=lambda v: v[:3])
         return [(e, c) for *_, e, c in out]
@@ -605,10 +629,32 @@ class Pager:
         return plan_keeps(self.schedule.entries, sizes, capacity, self.schedule.releases)
 
     # ---- prefetch ----
+    # [Note: the out-of-core pipeline. Bound by NVMe, a pass should take
+    #  max(compute, I/O), not their sum, so reads, writes, checksums and the
+    #  caller's compute run at once:
+    #  - order: every fetch has a place in an order from the first pass on, the
+    #    recorded schedule, else the caller's prediction (TensorStore.predict;
+    #    the engine predicts forward, backward and the optimizer's sub-groups);
+    #  - read-ahead: the reads of the next fetches in that order are in flight
+    #    within a window of bytes (tiermem.store.readahead) that grows by the
+    #    measured read bandwidth times each wait on a prefetch issued too late,
+    #    up to half the host tier; a prefetch evicts only what is needed later;
+    #  - write-behind: a dirty copy the schedule's plan will not keep starts its
+    #    write when released (_write_behind), so an eviction finds it clean or
+    #    being written, not waiting to start; the write is submitted before its
+    #    CRC is computed;
+    #  - checksums: on the store's checksum thread (tiermem.store.checksums),
+    #    beside compute, verified before a read copy becomes valid;
+    #  - optimizer: the engine fetches sub-group i + 1 before it updates i and
+    #    releases i dirty (NvmeShardOptimizer.step): i + 1 reads while i updates
+    #    and i - 1 writes; with an order the window reaches further ahead.
+    #  What stays serial: a completion is noticed only at the next store call;
+    #  a demand fetch that finds no clean copy to evict waits for a write.]
     def _prefetch(self) -> None:
-        """Load upcoming fetches of the schedule within ``prefetch_bytes`` ahead."""
-        window = self.cfg.prefetch_bytes
-        if window <= 0 or not self.schedule.usable:
+        """Load upcoming fetches of the schedule (else of the prediction) within
+        the read-ahead window."""
+        window = self.readahead.window  # measured, see tiermem.store.readahead
+        if window <= 0 or not self.schedule.ordered:
             return
         ahead = 0
         for distance, (name, tier) in self.schedule.upcoming():

@@ -27,15 +27,18 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from tiermem.store.checksums import ChecksumWorker
 from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreError
 from tiermem.store.nvme import Extent, NvmeTier, read_table
 from tiermem.store.paging import MEMORY_TIERS, Pager
+from tiermem.store.readahead import ReadAhead
 from tiermem.store.records import CopyRecord, EntryRecord, FlushOp, LoadOp
 from tiermem.store.schedule import PrefetchSchedule
 from tiermem.store.states import Residency, TierKind
@@ -52,8 +55,11 @@ class FetchHandle:
     tensor with :meth:`wait`. The tensor stays valid (and is never evicted)
     until :meth:`TensorStore.release`."""
 
-    def __init__(self, store: TensorStore, entry: EntryRecord, copy: CopyRecord) -> None:
+    def __init__(
+        self, store: TensorStore, entry: EntryRecord, copy: CopyRecord, *, late: bool = False
+    ) -> None:
         self._store = store
+        self._late = late  # a prefetch still in flight when fetched
         self._entry = entry
         self._copy = copy
         self._load = copy.load
@@ -75,7 +81,11 @@ class FetchHandle:
             if not load.finished:
                 t0 = time.perf_counter()
                 self._store._wait_load(load)
-                self._store.telemetry.stall(self.name, t0, time.perf_counter())
+                t1 = time.perf_counter()
+                self._store.telemetry.stall(self.name, t0, t1)
+                if self._late:
+                    self._store.readahead.on_late(self._entry.nbytes, t1 - t0)
+                    self._store.telemetry.late_prefetches += 1
             if load.error is not None:
                 self._load = None
                 self._copy.refs = max(self._copy.refs - 1, 0)
@@ -103,6 +113,8 @@ class TensorStore(Pager):
         self._resident: dict[TierKind, dict[str, EntryRecord]] = {t: {} for t in TierKind}
         self._tick = 0
         self.schedule = PrefetchSchedule()
+        self._checksums = ChecksumWorker()
+        self.readahead = ReadAhead(cfg.prefetch_bytes, cfg.host_bytes // 2)
         self._device = DeviceTier(cfg.device_bytes)
         self._host = HostTier(cfg.host_bytes, pin_memory=cfg.pin_memory)
         self._nvme: NvmeTier | None = None
@@ -320,19 +332,21 @@ class TensorStore(Pager):
             o.state in (R.DIRTY, R.FLUSHING) for o in e.copies.values() if o is not c
         ):
             self._write_back_entry(e, wait=True)
+        late = c.prefetched and c.state is R.LOADING
         if c.state.valid or c.state is R.LOADING:
             if c.prefetched:
                 self.telemetry.prefetch_hits += 1
             else:
                 self.telemetry.cache_hits += 1
         else:
-            if self.schedule.usable:
+            if self.schedule.ordered:
                 self.telemetry.prefetch_misses += 1
+            self.telemetry.demand_loads += 1
             self._start_load(e, tier, distance=None)
         c.prefetched = False
         c.refs += 1
         c.last_use = self._next_tick()
-        handle = FetchHandle(self, e, c)
+        handle = FetchHandle(self, e, c, late=late)
         self._prefetch()
         return handle
 
@@ -402,6 +416,25 @@ class TensorStore(Pager):
         c.pins -= 1
 
     # ---- passes ----
+    def predict(self, keys: Sequence[tuple[str, TierKind]]) -> None:
+        """The order the caller expects to fetch in, as ``(name, tier)`` pairs.
+
+        Until a pass has recorded the real order (and again after a recording
+        is dropped), prefetch and eviction follow this one, so the first passes
+        are not stall-bound. It need not be exact: fetches it does not expect
+        are ignored by it. An empty list removes it.
+        """
+        self._check_open()
+        order = []
+        for name, tier in keys:
+            self._entry(name)
+            tier = TierKind(tier)
+            if tier is TierKind.NVME:
+                raise ValueError(f"predict: {name!r} in NVME; fetches are into DEVICE or HOST")
+            order.append((name, tier))
+        self.schedule.predict(order)
+        self._prefetch()
+
     def begin_pass(self) -> None:
         """Start a pass over the access schedule (the first one records it)."""
         self._check_open()
@@ -412,6 +445,7 @@ class TensorStore(Pager):
         """End a pass; completes the recording on the first pass."""
         self._check_open()
         self.schedule.end_pass()
+        self.readahead.end_pass()
         self._pump(report=False)
         self._prefetch()
 
@@ -511,6 +545,7 @@ class TensorStore(Pager):
                 self.write_back()
         finally:
             self._closed = True
+            self._checksums.close()
             for e in self._entries.values():
                 for t in MEMORY_TIERS:
                     c = e.copies[t]
