@@ -46,9 +46,14 @@ class ChecksumWorker:
             # [Note: no new threads once the interpreter shuts down, when a store
             #  left open is closed (and its dirty tensors written) by its
             #  finalizer: the CRC is then computed here.]
-            done: Future[tuple[int, float]] = Future()
-            done.set_result(_timed_crc(buf))
-            return done
+            return self.now(buf)
+
+    @staticmethod
+    def now(buf: torch.Tensor) -> Future[tuple[int, float]]:
+        """The CRC32C of ``buf`` computed on the caller's thread, as a done future."""
+        done: Future[tuple[int, float]] = Future()
+        done.set_result(_timed_crc(buf))
+        return done
 
     def close(self) -> None:
         """Stop the thread (after the work already submitted). Idempotent."""

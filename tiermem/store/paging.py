@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+from tiermem.checksum import crc32c
 from tiermem.store.checksums import ChecksumWorker
 from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreBudgetError, StoreCorruptionError, StoreError
@@ -90,12 +91,20 @@ class Pager:
         assert self._nvme is not None and c.block is not None and c.tier is TierKind.HOST
         extent = self._nvme.allocate(e.nbytes, e.name)
         flush = FlushOp(e, c, extent, None, evict, time.perf_counter())
+        if self.cfg.checksum and c.refs:
+            # [Note: a copy the caller holds may change while it is written; its
+            #  CRC is taken before the write is issued, so _changed_in_flight
+            #  compares with the bytes the write started from and a changed
+            #  copy's extent is dropped instead of recorded with a CRC of newer
+            #  bytes than the disk holds.]
+            flush.checksum = self._checksums.now(c.block.data[: e.nbytes])
         try:
             flush.pending = self._nvme.submit_write(extent, c.block.data[: extent.length])
         except OSError as exc:
             self._nvme.release(extent)
             raise self._io_error("writing", e, extent, exc) from exc
-        if self.cfg.checksum:  # computed while the disk writes (see tiermem.store.checksums)
+        if self.cfg.checksum and flush.checksum is None:
+            # computed while the disk writes (see tiermem.store.checksums)
             flush.checksum = self._checksums.submit(c.block.data[: e.nbytes])
         self._set(e, c, R.EVICTING if evict else R.FLUSHING)
         nv = e.copies[TierKind.NVME]
