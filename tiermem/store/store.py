@@ -106,6 +106,7 @@ class TensorStore(Pager):
             raise TypeError(f"expected a StoreConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         self._closed = True
+        self._pid = os.getpid()
         self._entries: dict[str, EntryRecord] = {}
         self._loads: list[LoadOp] = []
         self._flushes: list[FlushOp] = []
@@ -535,6 +536,12 @@ class TensorStore(Pager):
         """Finish transfers, write back and commit (persistent mode), free
         memory and remove scratch files. Idempotent."""
         if self._closed:
+            return
+        if os.getpid() != self._pid:
+            # [Note: a forked child that inherited the store (and closes it, or
+            #  finalizes it at exit) owns none of its files: writing back or
+            #  removing them would corrupt or delete the parent's swap space.]
+            self._closed = True
             return
         try:
             for load in list(self._loads):
