@@ -447,6 +447,29 @@ static int dio_alignment_override(uint32_t *mem, uint32_t *off) {
  *  smaller reported alignment is not used to send more bytes direct: the
  *  direct body and the buffered tail of a request run concurrently and must
  *  not share a page of the page cache, so the split stays at 4096.] */
+/* [Note: the O_DIRECT descriptor is a second open of the very inode the
+   buffered descriptor holds, made through /proc/self/fd/N: the kernel reopens
+   that inode whatever the path names by now, and whatever kind of path the
+   caller gave (a /proc/self/fd path of its own included, which O_NOFOLLOW
+   would refuse with ELOOP). Without /proc the path is opened again without
+   following a symlink and must name the same inode.] */
+static int open_direct_twin(int fd_buffered, const char *path, int dflags) {
+    char proc[48];
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd_buffered);
+    int fd = open(proc, dflags);
+    if (fd >= 0) return fd;
+    if (errno != ENOENT && errno != ENOTDIR) return -errno;
+    fd = open(path, dflags | O_NOFOLLOW);
+    if (fd < 0) return -errno;
+    struct stat a, b;
+    if (fstat(fd, &a) != 0 || fstat(fd_buffered, &b) != 0 || a.st_dev != b.st_dev ||
+        a.st_ino != b.st_ino) {
+        close(fd);
+        return -ESTALE;
+    }
+    return fd;
+}
+
 static int check_dio_alignment(tm_file *f, const char *fs, int direct) {
     uint32_t mem = 0, off = 0;
     const char *source = "statx";
@@ -520,10 +543,10 @@ int tm_file_open(const char *path, int flags, const tm_file_config *cfg_in, tm_f
     }
     const char *fs = tm_fs_name(f->fd_buffered);
     if (direct != TM_DIRECT_OFF) {
-        int dflags = (oflags & ~(O_CREAT | O_EXCL | O_TRUNC)) | O_DIRECT | O_NOFOLLOW;
-        f->fd_direct = open(path, dflags);
+        int dflags = (oflags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOFOLLOW)) | O_DIRECT;
+        f->fd_direct = open_direct_twin(f->fd_buffered, path, dflags);
         if (f->fd_direct < 0) {
-            int e = errno;
+            int e = -f->fd_direct;
             f->fd_direct = -1;
             if (direct == TM_DIRECT_ON) {
                 file_free(f);
