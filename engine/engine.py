@@ -184,12 +184,7 @@ class TiermemEngine:
             self._build_grad_path()
             self._build_optimizer(client_optimizer, model_parameters)
             self.lr_scheduler = self._build_lr_scheduler(lr_scheduler)
-            self.placements.predict(  # until the stores record the real order
-                [(g.key, g.index, g.trainable) for g in self.groups],
-                accumulation_steps=self.gradient_accumulation_steps,
-                update_in_backward=self.settings.gradient_clipping <= 0
-                and self.precision.kind != "fp16",
-            )
+            self._predict(update_in_backward=False)  # the first step never overlaps
         except BaseException:
             # [Note: a failed start (a full swap disk) closes the stores it opened
             #  now, removing their scratch files, instead of whenever the engine
@@ -465,8 +460,7 @@ class TiermemEngine:
             and self._one_backward_per_step
             and self._boundary_backwards == 1
             and self.is_gradient_accumulation_boundary()
-            and self.settings.gradient_clipping <= 0
-            and self.precision.kind != "fp16"
+            and self._overlap_allowed()
         )
         self.reducer.on_landed = self._update_landed if early else None
         try:
@@ -609,9 +603,26 @@ class TiermemEngine:
         self._end_pass()
         return True
 
+    def _predict(self, *, update_in_backward: bool) -> None:
+        """Tell the stores the order a step is expected to fetch in (until they record it)."""
+        self.placements.predict(
+            [(g.key, g.index, g.trainable) for g in self.groups],
+            accumulation_steps=self.gradient_accumulation_steps,
+            update_in_backward=update_in_backward,
+        )
+
     def _count_backwards(self) -> None:
+        overlapping = self._one_backward_per_step
         self._one_backward_per_step = self._boundary_backwards == 1
         self._boundary_backwards = 0
+        if self._one_backward_per_step and not overlapping and self._overlap_allowed():
+            # [Note: from the next step on groups are updated as their gradients
+            #  land (see backward); the prediction, used until a recording exists,
+            #  follows.]
+            self._predict(update_in_backward=True)
+
+    def _overlap_allowed(self) -> bool:
+        return self.settings.gradient_clipping <= 0 and self.precision.kind != "fp16"
 
     def _skip_step(self, zero_grads: bool) -> bool:
         self._count_backwards()
