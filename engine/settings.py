@@ -47,6 +47,7 @@ class ZeroSettings:
     param_buffer_size: int
     optimizer_buffer_count: int
     sub_group_size: int
+    sub_group_split_params: bool
     prefetch_bucket_size: int
     max_live_parameters: int
     param_persistence_threshold: int
@@ -139,6 +140,7 @@ def engine_settings(config: Any, *, world_size: int, model: Any = None) -> Engin
         param_buffer_size=op.buffer_size,
         optimizer_buffer_count=oo.buffer_count,
         sub_group_size=z.sub_group_size,
+        sub_group_split_params=z.sub_group_split_params,
         prefetch_bucket_size=int(z.stage3_prefetch_bucket_size),
         max_live_parameters=z.stage3_max_live_parameters,
         param_persistence_threshold=int(z.stage3_param_persistence_threshold),
