@@ -13,10 +13,11 @@ sub-groups.
   values into it, and releases it dirty.
 * :class:`NvmeShardOptimizer`: each sub-group (whole parameters of one shard,
   at most ``sub_group_size`` elements unless one parameter alone is larger; see
-  :func:`~tiermem.engine.optimizer_step.sub_groups`) is one store tensor ``[master | exp_avg | exp_avg_sq]``
-  in fp32. The step runs down the sub-groups fetching the next one before
-  updating the current and releasing it dirty, so the read of sub-group
-  ``i + 1``, the update of ``i`` and the write-back of ``i - 1`` overlap.
+  :func:`~tiermem.engine.optimizer_step.sub_groups`) is one store tensor
+  ``[master | exp_avg | exp_avg_sq]`` in fp32. The step runs down the
+  sub-groups fetching the next one before updating the current and releasing
+  it dirty, so the read of sub-group ``i + 1``, the update of ``i`` and the
+  write-back of ``i - 1`` overlap.
 """
 
 from __future__ import annotations

@@ -332,9 +332,7 @@ class HostShardOptimizer(ShardOptimizer):
 
     def add(self, key: int, master: torch.Tensor, starts: Sequence[int] | None = None) -> None:
         n = master.numel()
-        self._groups[key] = sub_groups(
-            n, self.sub_group_size, starts, split=self.split_params
-        )
+        self._groups[key] = sub_groups(n, self.sub_group_size, starts, split=self.split_params)
         values = torch.empty(n, dtype=torch.float32, pin_memory=self.pin)
         values.copy_(master.reshape(-1))
         m = torch.zeros(n, dtype=torch.float32, pin_memory=self.pin)

@@ -17,6 +17,7 @@ import time
 from tiermem.checksum import crc32c
 from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreBudgetError, StoreCorruptionError, StoreError
+from tiermem.store.eviction import Rank, VictimHeaps
 from tiermem.store.nvme import Extent, NvmeTier
 from tiermem.store.records import CopyRecord, EntryRecord, FlushOp, LoadOp
 from tiermem.store.residency import plan_keeps
@@ -46,6 +47,7 @@ class Pager:
     _flushes: list[FlushOp]
     _write_errors: list[StoreError]
     _keep_plan: tuple[tuple[int, int], list[bool]] | None = None
+    _victim_heaps: VictimHeaps | None = None
 
     def _mem(self, kind: TierKind) -> MemoryTier:
         return self._device if kind is TierKind.DEVICE else self._host
@@ -61,6 +63,7 @@ class Pager:
             c.prefetched = False
         else:
             self._resident[c.tier][e.name] = e
+            self._touch(e, c)
 
     def _free_copy(self, e: EntryRecord, c: CopyRecord) -> None:
         """Free a copy's memory and mark it ABSENT."""
@@ -260,6 +263,7 @@ class Pager:
         c.load = None
         if load.source is not None:
             load.source.holds -= 1
+            self._touch(e, load.source)
             load.source = None
         self._free_copy(e, c)
 
@@ -299,6 +303,7 @@ class Pager:
         c.load = None
         if load.source is not None:
             load.source.holds -= 1
+            self._touch(e, load.source)
             load.source = None
         self._set(e, c, R.DIRTY if load.dirty else R.CLEAN)
         self.telemetry.transfer(
@@ -364,46 +369,68 @@ class Pager:
             raise error
 
     # ---- room ----
-    def _victims(
-        self, tier: TierKind, distance: int | None, keep: CopyRecord | None
-    ) -> list[tuple[EntryRecord, CopyRecord]]:
-        # [Note: with a schedule, the copies the write-behind plan keeps until
-        #  their next fetch go last, then the farthest needed first (Belady).
-        #  The plan's replay of Belady alone can settle into a cycle longer
-        #  than one pass (four tensors through room for two keep a different
-        #  one each pass): ranking by the plan first makes every pass repeat
-        #  the plan, so what it did not write behind is not evicted.]
+    def _touch(self, e: EntryRecord, c: CopyRecord) -> None:
+        """Note that ``c``'s place in the victim order, or whether it has one, may have
+        changed (tiermem.store.eviction)."""
+        if c.tier in MEMORY_TIERS:
+            self._victim_order().push(e, c, self._rank(e, c))
+
+    def _victim_order(self) -> VictimHeaps:
+        basis = (self.schedule.usable, self.schedule.version)
+        order = self._victim_heaps
+        if order is None or order.basis != basis:
+            order = self._victim_heaps = VictimHeaps(basis)
+            for tier in MEMORY_TIERS:
+                for e in self._resident[tier].values():
+                    order.push(e, e.copies[tier], self._rank(e, e.copies[tier]))
+        return order
+
+    def _rank(self, e: EntryRecord, c: CopyRecord) -> Rank | None:
+        """``c``'s place in its tier's victim order (smaller goes first); None when it
+        cannot be evicted now.
+
+        [Note: with a schedule, the copies the write-behind plan keeps until
+        their next fetch go last, then the farthest needed first (Belady).
+        The plan's replay of Belady alone can settle into a cycle longer
+        than one pass (four tensors through room for two keep a different
+        one each pass): ranking by the plan first makes every pass repeat
+        the plan, so what it did not write behind is not evicted.]
+        """
+        tier = c.tier
         usable = self.schedule.usable
-        out = []
-        for e in self._resident[tier].values():
-            c = e.copies[tier]
-            # [Note: with a schedule, a copy being written behind stays a candidate:
-            #  it is the one the write-behind plan expects to go, and evicting
-            #  another in its place would break the plan (an extra read, and a
-            #  write at eviction). _make_room waits for its write on demand.]
-            evictable = (R.CLEAN, R.DIRTY, R.FLUSHING) if usable else (R.CLEAN, R.DIRTY)
-            if (
-                c is keep
-                or e.home is tier
-                or c.state not in evictable
-                or c.refs
-                or c.pins
-                or c.holds
-            ):
-                continue
-            if usable:
-                nu = self.schedule.next_use((e.name, tier))
-                far = _INF if nu is None else nu
-                if distance is not None and far <= distance:
-                    continue
-                kept = tier is TierKind.HOST and self._kept_until_next_fetch(e)
-                out.append((kept, -far, c.last_use, e, c))
-            else:
-                if distance is not None:
-                    continue
-                out.append((False, 0, c.last_use, e, c))
-        out.sort(key=lambda v: v[:3])
-        return [(e, c) for *_, e, c in out]
+        # [Note: with a schedule, a copy being written behind stays a candidate:
+        #  it is the one the write-behind plan expects to go, and evicting
+        #  another in its place would break the plan (an extra read, and a
+        #  write at eviction). _make_room waits for its write on demand.]
+        evictable = (R.CLEAN, R.DIRTY, R.FLUSHING) if usable else (R.CLEAN, R.DIRTY)
+        if e.home is tier or c.state not in evictable or c.refs or c.pins or c.holds:
+            return None
+        if not usable:
+            return (False, 0.0, c.last_use)
+        nu = self.schedule.next_use((e.name, tier))
+        far = _INF if nu is None else float(self.schedule.replayed + nu)
+        kept = tier is TierKind.HOST and self._kept_until_next_fetch(e)
+        return (kept, -far, c.last_use)
+
+    def _victim(
+        self,
+        tier: TierKind,
+        distance: int | None,
+        keep: CopyRecord | None,
+        stuck: list[CopyRecord],
+    ) -> tuple[EntryRecord, CopyRecord] | None:
+        """The next copy to evict from ``tier`` for a demand fetch (``distance`` None)
+        or a prefetch needed in ``distance`` fetches (only copies needed later)."""
+        usable = self.schedule.usable
+        if distance is not None and not usable:
+            return None
+        after = None if distance is None else float(self.schedule.replayed + distance)
+        return self._victim_order().first(
+            tier,
+            self._rank,
+            accept=lambda c: c is not keep and not any(c is s for s in stuck),
+            after=after,
+        )
 
     def _make_room(
         self,
@@ -433,8 +460,8 @@ class Pager:
                     return False
                 self._wait_flush(evicting[0])
                 continue
-            victims = [v for v in self._victims(tier, distance, keep) if v[1] not in stuck]
-            if not victims:
+            victim = self._victim(tier, distance, keep, stuck)
+            if victim is None:
                 if distance is not None:
                     return False
                 if evicting:
@@ -467,7 +494,7 @@ class Pager:
                         f"{stuck_error}"
                     ) from stuck_error
                 raise err
-            e, c = victims[0]
+            e, c = victim
             if c.state is R.FLUSHING:
                 if distance is not None:
                     return False
