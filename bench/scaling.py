@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(dir=REPO, prefix=".scaling."))
     rows = {}
     try:
+        run_size(4 * args.pieces_per_param, args.pieces_per_param, args.piece, scratch)  # warm-up
         for n in sizes:
             if n == args.profile:
                 prof = cProfile.Profile()
