@@ -13,6 +13,10 @@ case inherits another's page-cache, allocator or thread-pool state):
 A memory-bandwidth measurement (copy, in-place scale, triad) runs in the
 same invocation, so each figure is also a fraction of this machine's limit.
 
+Both workloads also run ``tiermem_bf16`` and ``tiermem_int8``: the same fused
+step with bf16 or int8 (block-wise quantized) moments; the interleaved report
+gives their throughput per parameter as a fraction of ``tiermem`` (fp32 states).
+
 ``--interleaved`` measures differently: per size and workload, one process
 builds every tool's buffers (parameters and gradients shared, so 400M fits),
 then the tools take turns, one step each, round after round with a short
@@ -50,9 +54,13 @@ NOMINAL_BYTES = 28  # per parameter, both workloads (see the module docstring)
 LOSS_SCALE = 1024.0
 LR, BETAS, EPS, WD = 1e-3, (0.9, 0.999), 1e-8, 0.01
 
+# tiermem_bf16 / tiermem_int8: the same fused step with the moments stored as bf16 or
+# int8 (block-wise dynamic quantization); compared with tiermem (fp32 states) as
+# throughput per parameter.
+COMPACT = ("tiermem_bf16", "tiermem_int8")
 CASES = {
-    "fp32": ("tiermem", "torch_fused", "torch_foreach", "deepspeed"),
-    "offload": ("tiermem", "tiermem_noskip", "torch_composed", "deepspeed_composed"),
+    "fp32": ("tiermem", *COMPACT, "torch_fused", "torch_foreach", "deepspeed"),
+    "offload": ("tiermem", *COMPACT, "tiermem_noskip", "torch_composed", "deepspeed_composed"),
 }
 
 
@@ -118,6 +126,12 @@ def _make_step(workload: str, impl: str, n: int, shared: dict | None = None):
         grad_dtype = torch.float32 if workload == "fp32" else torch.bfloat16
         p, g = _tensors(n, grad_dtype, shared)
         m, v = torch.full((n,), 0.01), torch.full((n,), 1e-4)
+        scales = {}
+        if impl == "tiermem_bf16":
+            m, v = m.to(torch.bfloat16), v.to(torch.bfloat16)
+        elif impl == "tiermem_int8":
+            m, scales["exp_avg_absmax"] = adam.quantize_blockwise(m, True)
+            v, scales["exp_avg_sq_absmax"] = adam.quantize_blockwise(v, False)
         out = _scratch("out", n, torch.bfloat16, shared) if workload == "offload" else None
         state = {"step": 0}
 
@@ -134,8 +148,9 @@ def _make_step(workload: str, impl: str, n: int, shared: dict | None = None):
                 eps=EPS,
                 weight_decay=WD,
                 inv_loss_scale=1.0 if workload == "fp32" else 1.0 / LOSS_SCALE,
-                skip_on_overflow=impl == "tiermem" and workload == "offload",
+                skip_on_overflow=impl != "tiermem_noskip" and workload == "offload",
                 param_out=out,
+                **scales,
             )
 
         return step
@@ -517,6 +532,12 @@ def interleaved_main(
                     f"{impl} {entry[f'vs_{impl}']:.3f}x"
                     f" (per round {mid:.3f}x, p10-p90 {lo:.2f}-{hi:.2f})"
                 )
+            for impl in COMPACT:
+                if impl in times:  # params/s relative to fp32 states (target >= 0.9)
+                    entry[f"{impl}_throughput_vs_fp32"] = 1.0 / entry[f"vs_{impl}"]
+                    parts.append(
+                        f"{impl} throughput {1.0 / entry[f'vs_{impl}']:.3f}x of fp32 states"
+                    )
             ratios.append(entry)
             print(f"  -> {workload} {fmt_n(n)}: tiermem vs " + "; ".join(parts), flush=True)
             print(

@@ -363,9 +363,11 @@ def with_device_budget(cfg: dict, budget_bytes: int) -> tuple[dict, str]:
         else:
             trial["zero_optimization"]["device_budget"] = int(budget_bytes)
         try:
-            engine_settings(trial, world_size=1)
+            settings = engine_settings(trial, world_size=1)
         except Exception:  # noqa: BLE001 - an unknown or refused key: try the next place
             continue
+        if any(k.endswith("device_budget") for k in settings.raw.ignored_keys):
+            continue  # accepted only as a key DeepSpeed skips (with a warning): not an option
         return trial, f"device_budget={budget_bytes} ({where})"
     return cfg, "engine has no device_budget option; torch memory fraction only"
 

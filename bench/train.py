@@ -19,10 +19,17 @@ parameters) and in one run, each case in a fresh subprocess
    Targets: tiermem NVMe >= 2x faster than DeepSpeed NVMe; tiermem CPU
    offload >= 1.0x DeepSpeed's. A missing DeepSpeed is reported as skipped.
 
-``--capacity`` (manual, not CI) instead trains a GPT whose training state
-(~18 bytes/parameter) is >= 2x this machine's RAM for 3 steps with
-parameters and optimizer on NVMe, built under ``tiermem.init_context``, and
-reports peak RSS, tier usage and step time.
+3. **Tight NVMe case**: the NVMe case with the store's host budget capped at
+   ``--tight-fraction`` (0.25) of the training state; ``tight_ratio`` = its
+   step / max(compute-only step, its I/O at the disk's best). Every NVMe case
+   also reports its bytes per step against ``engine.min_bytes_per_step()``.
+
+``--contend N`` runs N busy processes beside every case. ``--capacity``
+(manual, not CI) instead trains a GPT whose training state (~18
+bytes/parameter) is >= 2x this machine's RAM for ``--capacity-steps`` (8)
+steps with parameters and optimizer on NVMe, built under
+``tiermem.init_context``, and reports peak RSS, tier usage and the steady
+step against its floor (see bench/README.md).
 
 Usage::
 
@@ -53,12 +60,22 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _contend import busy_processes  # noqa: E402
 from _results import machine_info, write_results  # noqa: E402
+from _train_metrics import (  # noqa: E402
+    bytes_against_min,
+    floor_seconds,
+    scaled_compute,
+    steady_state,
+    tight_host_bytes,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CASE_SCRIPT = Path(__file__).resolve().parent / "_train_case.py"
 MiB, GiB = 1 << 20, 1 << 30
 OVERHEAD_TARGET = 1.15
+TIGHT_TARGET = 1.2
+CAPACITY_RATIO_TARGET = 1.2
 NVME_SPEEDUP_TARGET = 2.0
 CPU_SPEEDUP_TARGET = 1.0
 BYTES_PER_PARAM_STATE = 18  # bf16 param + fp32 grad + fp32 master, m, v (as the issue counts)
@@ -114,9 +131,10 @@ def disk_bandwidth(directory: Path, size: int) -> dict:
     }
 
 
-def run_case(spec: dict, scratch: Path, timeout: float) -> dict:
-    """Run one case in a fresh interpreter; its JSON result (``error`` set on failure)."""
-    name = f"{spec['impl']}-{spec['placement']}"
+def run_case(spec: dict, scratch: Path, timeout: float, contend: int = 0) -> dict:
+    """Run one case in a fresh interpreter with ``contend`` busy processes beside it; its
+    JSON result (``error`` set on failure)."""
+    name = spec.get("name") or f"{spec['impl']}-{spec['placement']}"
     spec = {**spec, "nvme_dir": str(scratch / name), "port": _free_port()}
     spec_path = scratch / f"{name}.spec.json"
     out_path = scratch / f"{name}.out.json"
@@ -124,24 +142,27 @@ def run_case(spec: dict, scratch: Path, timeout: float) -> dict:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
     print(f"case {name} ...", flush=True)
     t0 = time.perf_counter()
+    load = {"start": os.getloadavg()}
     try:
-        proc = subprocess.run(
-            [sys.executable, str(CASE_SCRIPT), str(spec_path), str(out_path)],
-            env=env,
-            timeout=timeout,
-            capture_output=True,
-            text=True,
-        )
+        with busy_processes(contend):
+            proc = subprocess.run(
+                [sys.executable, str(CASE_SCRIPT), str(spec_path), str(out_path)],
+                env=env,
+                timeout=timeout,
+                capture_output=True,
+                text=True,
+            )
     except subprocess.TimeoutExpired:
         return {"spec": spec, "error": f"timed out after {timeout:.0f} s"}
     finally:
         shutil.rmtree(scratch / name, ignore_errors=True)
     wall = time.perf_counter() - t0
+    load["end"] = os.getloadavg()
     if not out_path.exists():
         tail = (proc.stderr or "").strip().splitlines()[-5:]
         return {"spec": spec, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
     result = json.loads(out_path.read_text())
-    result["process_seconds"] = wall
+    result.update(process_seconds=wall, contend=contend, load_average=load)
     return result
 
 
@@ -190,6 +211,10 @@ def summarize(result: dict, warmup: int) -> dict:
             host_budget_bytes=result["store"]["tiers"].get("host", {}).get("budget", 0),
             tiers=result["store"]["tiers"],
         )
+        if result.get("min_bytes_per_step"):
+            minimum = result["min_bytes_per_step"]
+            out["min_bytes_per_step"] = minimum
+            out["bytes_over_min"] = bytes_against_min({"read": read, "write": write}, minimum)
     return out
 
 
@@ -249,12 +274,12 @@ def versus_deepspeed(summary: dict[str, dict]) -> dict:
 def print_table(summary: dict[str, dict]) -> None:
     """One row per case."""
     print(
-        f"\n{'case':<16} {'step s':>8} {'init s':>7} {'peak RSS':>9} {'read/step':>10} "
+        f"\n{'case':<19} {'step s':>8} {'init s':>7} {'peak RSS':>9} {'read/step':>10} "
         f"{'write/step':>10} {'stall/step':>10}  fwd / bwd / step s"
     )
     for name, s in summary.items():
         if "error" in s or "skipped" in s:
-            print(f"{name:<16} {s.get('skipped') or s.get('error')}")
+            print(f"{name:<19} {s.get('skipped') or s.get('error')}")
             continue
         io = ("", "", "")
         if "read_bytes_per_step" in s:
@@ -264,7 +289,7 @@ def print_table(summary: dict[str, dict]) -> None:
                 f"{s['stall_seconds_per_step']:.3f} s",
             )
         print(
-            f"{name:<16} {s['step_seconds']:>8.3f} {s['init_seconds']:>7.1f} "
+            f"{name:<19} {s['step_seconds']:>8.3f} {s['init_seconds']:>7.1f} "
             f"{s['peak_rss_bytes'] / GiB:>7.2f} G {io[0]:>10} {io[1]:>10} {io[2]:>10}  "
             + " / ".join(f"{s['phase_seconds'][k]:.3f}" for k in ("forward", "backward", "step"))
         )
@@ -298,6 +323,23 @@ def run_comparison(args: argparse.Namespace, scratch: Path) -> dict:
         "threads": args.threads,
     }
     cases = [("tiermem", "none"), ("tiermem", "nvme"), ("tiermem", "cpu")]
+    state = model_params(base["model"]) * BYTES_PER_PARAM_STATE
+    extra: dict[str, dict] = {}
+    if args.tight_fraction > 0:
+        cases.append(("tiermem", "nvme-tight"))
+        # [Note: one lent parameter buffer and one optimizer buffer of 1M-element
+        #  sub-groups, so that what the engine holds fetched at once (lent groups,
+        #  the sub-group updated and the one read ahead) fits the capped budget:
+        #  with the defaults (5 lent buffers of the largest shard, 4M-element
+        #  sub-groups) it alone can exceed 25% of the state.]
+        extra["nvme-tight"] = {
+            "placement": "nvme",
+            "name": "tiermem-nvme-tight",
+            "store_host_bytes": tight_host_bytes(state, args.tight_fraction),
+            "offload_param": {"buffer_count": 1},
+            "offload_optimizer": {"buffer_count": 1},
+            "sub_group_size": min(args.sub_group_size, 1_000_000),
+        }
     skipped: dict[str, str] = {}
     if args.no_deepspeed:
         skipped["deepspeed"] = "--no-deepspeed"
@@ -313,7 +355,8 @@ def run_comparison(args: argparse.Namespace, scratch: Path) -> dict:
     for r in range(args.rounds):
         for impl, where in cases if r % 2 == 0 else cases[::-1]:
             name = f"{impl}-{where}"
-            result = run_case({**base, "impl": impl, "placement": where}, scratch, args.timeout)
+            spec = {**base, "impl": impl, "placement": where, **extra.get(where, {})}
+            result = run_case(spec, scratch, args.timeout, args.contend)
             runs[name].append(result)
             s = summarize(result, args.warmup)
             print(
@@ -345,6 +388,16 @@ def run_comparison(args: argparse.Namespace, scratch: Path) -> dict:
                 f"  against the faster in-RAM tiermem step (none or cpu): "
                 f"{over['ratio_vs_best_in_ram']:.2f}"
             )
+    tight = tight_case(summary, disk, state, args.tight_fraction)
+    if tight and "error" not in tight:
+        over_min = tight.get("bytes_over_min") or {}
+        print(
+            f"tight NVMe case (host budget {tight['host_budget_bytes'] / MiB:.0f} MiB = "
+            f"{tight['host_fraction']:.2f} of the state): step {tight['step_seconds']:.3f} s, "
+            f"floor {tight['floor_seconds']:.3f} s -> tight_ratio {tight['tight_ratio']:.2f} "
+            f"(target <= {TIGHT_TARGET}); moved {tight['bytes_per_step'] / MiB:.1f} MiB/step = "
+            f"{over_min.get('total') or 0:.3f}x the placement's minimum"
+        )
     vs = versus_deepspeed(summary)
     for where, v in vs.items():
         target = (
@@ -364,8 +417,38 @@ def run_comparison(args: argparse.Namespace, scratch: Path) -> dict:
         "raw": raw,
         "overhead": over,
         "vs_deepspeed": vs,
+        "tight": tight,
+        "tight_ratio": (tight or {}).get("tight_ratio"),
+        "contend": args.contend,
         "skipped": skipped,
         "load_average": {"start": load_start, "end": load_end},
+    }
+
+
+def tight_case(summary: dict[str, dict], disk: dict, state: int, fraction: float) -> dict | None:
+    """The tight NVMe case against its floor: ``max(tiermem-none step, its I/O at disk best)``."""
+    tight, none = summary.get("tiermem-nvme-tight"), summary.get("tiermem-none")
+    if tight is None:
+        return None
+    if "error" in tight or not none or "error" in none:
+        return {"error": "the tight or the none case failed"}
+    read, write = tight["read_bytes_per_step"], tight["write_bytes_per_step"]
+    floor = floor_seconds(none["step_seconds"], read, write, disk)
+    budget = tight["host_budget_bytes"]
+    return {
+        "step_seconds": tight["step_seconds"],
+        "floor_seconds": floor,
+        "tight_ratio": tight["step_seconds"] / floor,
+        "target": TIGHT_TARGET,
+        "met": tight["step_seconds"] / floor <= TIGHT_TARGET,
+        "host_budget_bytes": budget,
+        "state_bytes": state,
+        "host_fraction": budget / state,
+        "requested_fraction": fraction,
+        "bytes_per_step": read + write,
+        "min_bytes_per_step": tight.get("min_bytes_per_step"),
+        "bytes_over_min": tight.get("bytes_over_min"),
+        "stall_fraction": tight["stall_seconds_per_step"] / tight["step_seconds"],
     }
 
 
@@ -393,7 +476,7 @@ def capacity_spec(model: dict, args: argparse.Namespace) -> dict:
         "model": model,
         "batch": args.batch,
         "warmup": 0,
-        "steps": 3,
+        "steps": args.capacity_steps,
         "precision": "bf16",
         "sub_group_size": args.sub_group_size,
         "threads": args.threads,
@@ -406,8 +489,82 @@ def capacity_spec(model: dict, args: argparse.Namespace) -> dict:
     }
 
 
+def _mem_available() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return _mem_total() // 2
+
+
+def compute_only_layers(model: dict, available: int, share: float = 0.5) -> int:
+    """The most layers (<= the model's) whose in-memory training state fits ``share`` of
+    ``available`` bytes (at least 1)."""
+    layers = model["layers"]
+    while (
+        layers > 1
+        and model_params({**model, "layers": layers}) * (BYTES_PER_PARAM_STATE + 2)
+        > share * available
+    ):
+        layers -= 1
+    return layers
+
+
+def run_compute_only(model: dict, args: argparse.Namespace, scratch: Path) -> dict:
+    """The capacity model's step with everything in RAM (fewer layers, scaled per layer,
+    when it does not fit): the compute side of the floor."""
+    layers = compute_only_layers(model, _mem_available())
+    shape = {**model, "layers": layers}
+    spec = {
+        **capacity_spec(shape, args),
+        "name": "tiermem-none-compute",
+        "placement": "none",
+        "init_context": False,
+        "warmup": 1,
+        "steps": args.compute_steps,
+    }
+    for key in ("offload_param", "zero_optimization"):
+        spec.pop(key)
+    print(f"compute-only: {layers} of {model['layers']} layers in RAM ...", flush=True)
+    raw = run_case(spec, scratch, args.timeout, args.contend)
+    s = summarize(raw, 1)
+    if "error" in s:
+        return {"error": s["error"], "layers_measured": layers}
+    return {
+        "layers_measured": layers,
+        "layers": model["layers"],
+        "measured_step_seconds": s["step_seconds"],
+        "step_seconds": scaled_compute(s["step_seconds"], layers, model["layers"]),
+        "step_seconds_all": s["step_seconds_all"],
+        "peak_rss_bytes": s["peak_rss_bytes"],
+    }
+
+
+def capacity_report(raw: dict, disk: dict, compute: dict) -> dict:
+    """The steady state of the capacity run against its floor, and bytes against the minimum."""
+    out: dict[str, Any] = {}
+    if "error" in compute:
+        out["steady_error"] = f"compute-only case failed: {compute['error']}"
+        return out
+    try:
+        out.update(steady_state(raw["steps"], disk, compute["step_seconds"]))
+    except ValueError as exc:
+        out["steady_error"] = str(exc)
+        return out
+    if raw.get("min_bytes_per_step"):
+        out["min_bytes_per_step"] = raw["min_bytes_per_step"]
+        out["bytes_over_min"] = bytes_against_min(out["bytes_per_step"], raw["min_bytes_per_step"])
+    st = out["steady"]
+    st["target"] = CAPACITY_RATIO_TARGET
+    st["met"] = st["ratio"] <= CAPACITY_RATIO_TARGET
+    st["read_fraction_of_disk_best"] = st["read_gbps"] / disk["best_read_gbps"]
+    return out
+
+
 def run_capacity(args: argparse.Namespace, scratch: Path) -> dict:
-    """Train a model whose state is >= 2x RAM for 3 steps; peak RSS, tiers, step time."""
+    """Train a model whose state is >= 2x RAM for ``--capacity-steps`` steps; peak RSS,
+    tiers, the steady step against its floor, bytes against the placement's minimum."""
+    load_start = os.getloadavg()
     ram = _mem_total()
     model = capacity_model(ram, args.capacity_factor, args.hidden, args.heads, args.seq)
     if args.capacity_layers:
@@ -430,10 +587,20 @@ def run_capacity(args: argparse.Namespace, scratch: Path) -> dict:
             f"--capacity: {scratch} has {free / GiB:.1f} GiB free, needs "
             f"{disk_need / GiB:.1f} GiB and --keep-free-gib {args.keep_free_gib} more"
         )
+    disk = disk_bandwidth(scratch, args.disk_size)
+    print(
+        f"disk: best read {disk['best_read_gbps']:.2f} GB/s, best write "
+        f"{disk['best_write_gbps']:.2f} GB/s",
+        flush=True,
+    )
+    compute = run_compute_only(model, args, scratch)
     spec = capacity_spec(model, args)
-    raw = run_case(spec, scratch, args.timeout)
+    raw = run_case(spec, scratch, args.timeout, args.contend)
     s = summarize(raw, 0)
     out = {
+        "contend": args.contend,
+        "disk": disk,
+        "compute_only": compute,
         "ram_bytes": ram,
         "model": model,
         "params": params,
@@ -443,7 +610,8 @@ def run_capacity(args: argparse.Namespace, scratch: Path) -> dict:
     }
     if "error" in s:
         print(f"capacity run failed: {s['error']}")
-        return {**out, "summary": s, "raw": raw}
+        load = {"start": load_start, "end": os.getloadavg()}
+        return {**out, "summary": s, "raw": raw, "load_average": load}
     peak = raw["memory"]["VmHWM"]
     steps = raw["steps"]
     io = [
@@ -480,8 +648,29 @@ def run_capacity(args: argparse.Namespace, scratch: Path) -> dict:
             for t, v in tiers.items()
         )
     )
+    report = capacity_report(raw, disk, compute)
+    if "steady" in report:
+        st, over = report["steady"], report.get("bytes_over_min") or {}
+        print(
+            f"  steady ({len(report['steady_steps'])} steps after the schedule was recorded): "
+            f"{st['step_seconds']:.2f} s against floor {st['floor_seconds']:.2f} s (compute "
+            f"{st['compute_seconds']:.2f}, I/O at disk best {st['io_seconds_at_disk_best']:.2f})"
+            f" -> ratio {st['ratio']:.2f} (target <= {CAPACITY_RATIO_TARGET}); stalled "
+            f"{st['stall_fraction']:.2f}; read {st['read_gbps']:.2f} GB/s, write "
+            f"{st['write_gbps']:.2f} GB/s; first step stalled "
+            f"{report['first_step_stall_fraction']:.2f}; bytes {over.get('total') or 0:.3f}x min"
+        )
+    else:
+        print(f"  steady state: {report.get('steady_error')}")
+    load_end = os.getloadavg()
+    print(
+        f"load average: start {' '.join(f'{x:.2f}' for x in load_start)}, "
+        f"end {' '.join(f'{x:.2f}' for x in load_end)}"
+    )
     return {
         **out,
+        **report,
+        "load_average": {"start": load_start, "end": load_end},
         "peak_rss_bytes": peak,
         "met": peak <= CAPACITY_RSS_TARGET,
         "memory_after_init": raw["memory_after_init"],
@@ -496,7 +685,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", default=str(REPO / "scratch"), help="NVMe scratch parent directory")
     ap.add_argument("--quick", action="store_true", help="tiny model and steps: a smoke test")
-    ap.add_argument("--capacity", action="store_true", help="state >= 2x RAM, 3 steps (manual)")
+    ap.add_argument("--capacity", action="store_true", help="state >= 2x RAM (manual)")
+    ap.add_argument(
+        "--capacity-steps", type=int, default=8, help="--capacity: steps (steady state after 2)"
+    )
+    ap.add_argument(
+        "--compute-steps", type=int, default=3, help="--capacity: measured compute-only steps"
+    )
+    ap.add_argument(
+        "--contend", type=int, default=0, help="busy processes beside each case (0: none)"
+    )
+    ap.add_argument(
+        "--tight-fraction",
+        type=float,
+        default=0.25,
+        help="tight NVMe case: store host budget as a share of the state (0: no tight case)",
+    )
     ap.add_argument("--capacity-factor", type=float, default=2.0)
     ap.add_argument(
         "--capacity-layers", type=int, default=0, help="override the layer count (smaller runs)"

@@ -24,7 +24,12 @@ def __getattr__(name: str) -> Any:
 
 
 def _check_model_parameters(model: nn.Module, model_parameters: Any) -> Any:
-    """Check ``model_parameters`` covers every trainable parameter; return it as a list.
+    """``model_parameters`` as a list (param-group dicts with list ``params``), checked.
+
+    [Note: as in DeepSpeed, the optimizer steps only what ``model_parameters``
+    holds: a trainable parameter left out is never updated and does not count
+    in the gradient-clipping norm (it still gets a gradient), and a param group
+    may be empty.]
 
     [Note: returned as a list because the usual argument is a one-shot iterator
     (``filter(lambda p: p.requires_grad, model.parameters())``) that the check
@@ -45,19 +50,14 @@ def _check_model_parameters(model: nn.Module, model_parameters: Any) -> Any:
             "model_parameters: expected either parameters or param-group dicts "
             '({"params": [...], "lr": ...}), not a mix of both'
         )
-    given: set[int] = set()
+    known = {id(p) for p in model.parameters()}
     for item in model_parameters:
-        if isinstance(item, dict):
-            given.update(id(p) for p in item["params"])
-        else:
-            given.add(id(item))
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in given]
-    if missing:
-        raise NotImplementedError(
-            "model_parameters must include every parameter that requires grad "
-            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}); "
-            "set requires_grad=False on parameters that should not be trained"
-        )
+        for param in item["params"] if isinstance(item, dict) else [item]:
+            if not isinstance(param, torch.Tensor) or id(param) not in known:
+                raise ValueError(
+                    "model_parameters: every entry must be a parameter of the model "
+                    f"(got {type(param).__name__} that the model does not hold)"
+                )
     return model_parameters
 
 
@@ -104,11 +104,12 @@ def initialize(
     config's ``scheduler``. ``training_data`` (a Dataset) gives a DataLoader
     with the micro batch size, and a DistributedSampler over the ranks.
     Launched by ``torchrun`` with several ranks, the process group is started
-    here if it is not already.
+    here if it is not already, and every rank checks that the others were
+    given the same config and model (an error names the rank and the key).
     """
     from tiermem.engine.comm import Communicator, init_distributed_from_env
     from tiermem.engine.engine import TiermemEngine
-    from tiermem.engine.settings import engine_settings
+    from tiermem.engine.rank_agreement import agreed_settings
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -116,7 +117,7 @@ def initialize(
         raise ValueError("config: pass a dict or the path of a JSON config")
     init_distributed_from_env()
     comm = Communicator()
-    settings = engine_settings(config, world_size=comm.world_size, model=model)
+    settings = agreed_settings(comm, config, model)
     if settings.raw.seed is not None:
         _seed_everything(settings.raw.seed)
     model_parameters = _check_model_parameters(model, model_parameters)
@@ -156,12 +157,13 @@ def initialize(
     return engine, engine.optimizer, loader, engine.lr_scheduler
 
 
-def init_context(config: Any = None, **kwargs: Any) -> Any:
+def init_context(config: Any = None, *, module_inits: Any = (), **kwargs: Any) -> Any:
     """A context in which models are built partitioned (like ``deepspeed.zero.Init``).
 
     ``with tiermem.init_context(config=cfg): model = MyModel()``; then pass
     ``model`` and the same config to :func:`initialize`. See
-    :mod:`tiermem.engine.zero_init`.
+    :mod:`tiermem.engine.zero_init`. ``module_inits``: per-module init methods to run
+    on gathered parameters (``tiermem.init_context`` passes Hugging Face's).
     """
     from tiermem.engine.zero_init import InitContext
 
@@ -171,4 +173,4 @@ def init_context(config: Any = None, **kwargs: Any) -> Any:
         raise TypeError(f"init_context: unexpected arguments {sorted(kwargs)}")
     if config is None:
         raise ValueError("init_context: pass the config (a dict or a JSON file path)")
-    return InitContext(config)
+    return InitContext(config, module_inits=module_inits)

@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 from tiermem.engine.config_base import ConfigError
+from tiermem.engine.settings import WHOLE_SHARD
 
 __all__ = ["AUTO_DEVICE", "model_shape", "plan_placement", "resolve_auto_placement"]
 
@@ -112,13 +113,14 @@ def plan_placement(
         pin_memory=bool(opt.pin_memory),
         param_buffer_count=param.buffer_count,
         optimizer_buffer_count=opt.buffer_count,
-        sub_group_size=zero.sub_group_size,
+        sub_group_size=zero.sub_group_size or WHOLE_SHARD,
         sub_group_split_params=zero.sub_group_split_params,
         prefetch_bucket_size=int(zero.stage3_prefetch_bucket_size),
         param_persistence_threshold=int(zero.stage3_param_persistence_threshold),
         # the model exists already: its bytes are gone from the available memory
         model_built_on_host=False,
         placements=tuple(placements),
+        state_dtype=cfg.optimizer.state_dtype if cfg.optimizer is not None else "fp32",
     )
     machine = planning.probe_machine(paths[0] if paths else None, measure=False)
     return planning.plan(model_shape(model), machine, settings)

@@ -29,6 +29,7 @@ save adds is one chunk.]
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import logging
 import os
@@ -55,6 +56,7 @@ from tiermem.engine.checkpoint_format import (
     dtype_from_name,
     dtype_name,
     encode_bytes,
+    member_path,
     pause_point,
     prepare_staging,
     read_manifest,
@@ -65,6 +67,7 @@ from tiermem.engine.checkpoint_format import (
     write_manifest,
     writing,
 )
+from tiermem.engine.checkpoint_lock import locked_save_dir
 from tiermem.engine.checkpoint_state import (
     CHUNK_ELEMENTS,
     KINDS,
@@ -440,7 +443,31 @@ def save_checkpoint(
             tag,
         )
     state = _all_ok(engine, lambda: _engine_state(engine, client_state), "checking the state")
-    prepare = (lambda: prepare_staging(root, tag)) if comm.rank == 0 else (lambda: None)
+    # [Note: rank 0 holds save_dir's lock from before the staging cleanup to
+    #  after the commit, so a second job saving into the same directory fails
+    #  at once instead of deleting this one's staging directory.]
+    lock = contextlib.ExitStack()
+
+    def prepare() -> None:
+        if comm.rank == 0:
+            lock.enter_context(locked_save_dir(root))
+            prepare_staging(root, tag)
+
+    with lock:
+        return _save_locked(engine, root, tag, state, prepare, started)
+
+
+def _save_locked(
+    engine: Any,
+    root: Path,
+    tag: str,
+    state: dict[str, Any],
+    prepare: Callable[[], None],
+    started: float,
+) -> Path:
+    """The rest of :func:`save_checkpoint`: ``prepare`` (the lock and the staging
+    directory on rank 0), the tensors, the commit."""
+    comm = engine.comm
     _all_ok(engine, prepare, "preparing the staging directory")
     stage = staging_dir(root, tag)
     rank_file = f"rank{comm.rank:05d}.safetensors"
@@ -547,7 +574,12 @@ class _Readers:
                     f"{self.directory / 'manifest.json'}: refers to {name!r}, "
                     "which it does not list among its files"
                 )
-            reader = SafetensorsReader(self.directory / name)
+            manifest = self.directory / "manifest.json"
+            path = member_path(self.directory, name, manifest=manifest)
+            try:
+                reader = SafetensorsReader(path, follow_symlinks=False)
+            except CheckpointCorruptError as exc:
+                raise CheckpointCorruptError(f"{manifest}: files entry {name!r}: {exc}") from None
             self._open[name] = reader
         return reader
 

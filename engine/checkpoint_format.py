@@ -43,6 +43,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import struct
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -67,6 +68,8 @@ __all__ = [
     "check_json",
     "commit_staging",
     "file_checksum",
+    "STAGING_MARKER",
+    "member_path",
     "pause_point",
     "prepare_staging",
     "read_latest",
@@ -277,12 +280,14 @@ class SafetensorsReader:
 
     The header is validated on open: offsets inside the file, no holes or
     overlaps, sizes matching dtype and shape. Anything else raises
-    :class:`CheckpointCorruptError` naming the file.
+    :class:`CheckpointCorruptError` naming the file, as does a path that is
+    not a regular file (or, with ``follow_symlinks=False``, is a symlink).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, follow_symlinks: bool = True) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        fd = open_regular(self.path, follow_symlinks=follow_symlinks)
+        self._file = open(fd, "rb")  # noqa: SIM115 - closed in close()
         try:
             self.entries, self.metadata = self._parse()
         except BaseException:
@@ -366,12 +371,53 @@ class SafetensorsReader:
             out.copy_(buf.view(out.shape))
 
 
-def file_checksum(path: str | os.PathLike) -> tuple[int, int]:
-    """(size, CRC32C) of a file, read in 16 MiB pieces."""
+def open_regular(path: str | os.PathLike, *, follow_symlinks: bool = True) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file.
+
+    [Note: opened with O_NONBLOCK so a FIFO named in a manifest fails here
+    instead of blocking the open forever (O_NONBLOCK does nothing to reads of
+    a regular file); a device such as /dev/zero would never end a checksum
+    read. ``follow_symlinks=False`` (checkpoint members, which tiermem writes
+    itself) adds O_NOFOLLOW.]
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks:
+            raise CheckpointCorruptError(
+                f"{path}: is a symbolic link; checkpoint files must be regular files"
+            ) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise CheckpointCorruptError(f"{path}: is not a regular file ({_file_kind(mode)})")
+    return fd
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _file_kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), f"mode {mode:o}")
+
+
+def file_checksum(path: str | os.PathLike, *, follow_symlinks: bool = True) -> tuple[int, int]:
+    """(size, CRC32C) of a regular file, read in 16 MiB pieces."""
     crc, size = 0, 0
     buf = bytearray(_READ_CHUNK)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
+    fd = open_regular(path, follow_symlinks=follow_symlinks)
+    with open(fd, "rb", buffering=0) as f:
         while True:
             got = f.readinto(view)
             if not got:
@@ -463,18 +509,68 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
             f"{path}: format version {body.get('version')!r}; this tiermem reads "
             f"version {FORMAT_VERSION}"
         )
+    if "files" in body:
+        _check_files(path, body["files"])
     return body
 
 
-def verify_files(directory: str | os.PathLike, files: Mapping[str, Any]) -> dict[str, str]:
-    """Check size and CRC32C of each listed file; {name: what is wrong} for the bad ones."""
-    bad = {}
+# [Note: the manifest's CRC holds no secret, so anyone can write a manifest
+#  whose file names point outside the checkpoint (``../x``, ``/dev/zero``):
+#  only the names tiermem itself writes are accepted, and they are opened
+#  without following symlinks and must be regular files (member_path,
+#  open_regular).]
+_MEMBER = re.compile(r"rank[0-9]{5,9}\.safetensors")
+
+
+def _check_files(manifest_path: Path, files: Any) -> None:
+    if not isinstance(files, dict):
+        raise CheckpointCorruptError(f"{manifest_path}: 'files' is not a JSON object")
     for name, rec in files.items():
-        path = Path(directory) / name
+        member_path(manifest_path.parent, name, manifest=manifest_path)
+        if (
+            not isinstance(rec, dict)
+            or not isinstance(rec.get("bytes"), int)
+            or not isinstance(rec.get("crc32c"), str)
+        ):
+            raise CheckpointCorruptError(
+                f"{manifest_path}: files entry {name!r}: expected {{'bytes': int, "
+                f"'crc32c': str}}, got {rec!r:.100}"
+            )
+
+
+def member_path(
+    directory: str | os.PathLike, name: Any, *, manifest: str | os.PathLike | None = None
+) -> Path:
+    """``directory/name`` for a file a manifest lists, if ``name`` is one tiermem writes
+    (``rankNNNNN.safetensors``: no separators, no ``..``); else
+    :class:`CheckpointCorruptError` naming the manifest and the entry."""
+    if not isinstance(name, str) or not _MEMBER.fullmatch(name):
+        where = manifest if manifest is not None else Path(directory) / MANIFEST
+        raise CheckpointCorruptError(
+            f"{where}: files entry {name!r} is not a checkpoint file name tiermem writes "
+            "(expected rankNNNNN.safetensors, a bare name in the checkpoint directory)"
+        )
+    return Path(directory) / name
+
+
+def verify_files(directory: str | os.PathLike, files: Mapping[str, Any]) -> dict[str, str]:
+    """Check size and CRC32C of each listed file; {name: what is wrong} for the bad ones.
+
+    A name tiermem does not write raises :class:`CheckpointCorruptError`; a
+    listed file that is a symlink or not a regular file is reported bad,
+    naming the manifest and the entry, and is never read.
+    """
+    bad = {}
+    manifest = Path(directory) / MANIFEST
+    for name, rec in files.items():
+        path = member_path(directory, name, manifest=manifest)
         try:
-            size, crc = file_checksum(path)
+            size, crc = file_checksum(path, follow_symlinks=False)
         except FileNotFoundError:
             bad[name] = f"{path}: missing"
+            continue
+        except CheckpointCorruptError as exc:
+            bad[name] = f"{manifest}: files entry {name!r}: {exc}"
             continue
         if size != rec["bytes"]:
             bad[name] = f"{path}: {size} bytes, the manifest says {rec['bytes']}"
@@ -502,12 +598,22 @@ def staging_dir(save_dir: str | os.PathLike, tag: str) -> Path:
     return Path(save_dir) / f".{tag}.tmp"
 
 
+# [Note: a staging directory is ours only when its name is ``.TAG.tmp`` for a
+#  valid tag *and* it holds this marker, written first thing by
+#  prepare_staging: a user's ``.notes.tmp`` directory or another tool's
+#  ``.download.tmp`` in the same folder is never removed. The marker leaves
+#  with the commit (see commit_staging).]
+STAGING_MARKER = ".tiermem-staging"
+
+
 def _old_dir(save_dir: str | os.PathLike, tag: str) -> Path:
     return Path(save_dir) / f".{tag}.old"
 
 
 def prepare_staging(save_dir: str | os.PathLike, tag: str) -> Path:
-    """Create an empty staging directory for ``tag``, removing leftovers of interrupted saves."""
+    """Create an empty staging directory for ``tag`` (holding the staging marker),
+    removing leftovers of interrupted saves. Call it under
+    :func:`tiermem.engine.checkpoint_lock.locked_save_dir`."""
     root = Path(save_dir)
     root.mkdir(parents=True, exist_ok=True)
     for stale in list_stale(root):
@@ -517,7 +623,18 @@ def prepare_staging(save_dir: str | os.PathLike, tag: str) -> Path:
         else:
             stale.unlink()
     stage = staging_dir(root, tag)
-    stage.mkdir()
+    try:
+        stage.mkdir()
+    except FileExistsError:
+        raise CheckpointError(
+            f"{stage}: exists and was not made by tiermem (it has no {STAGING_MARKER} marker); "
+            f"it is in the way of saving tag {tag!r}: move it or choose another tag"
+        ) from None
+    try:
+        _write_file_synced(stage / STAGING_MARKER, b"tiermem checkpoint staging directory\n")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)  # a full disk: leave nothing behind
+        raise
     return stage
 
 
@@ -548,12 +665,22 @@ def commit_staging(save_dir: str | os.PathLike, tag: str) -> Path:
     fsync_dir(stage)
     pause_point("staged")
     if final.exists() and not final.is_symlink():
+        # [Note: the old checkpoint is marked before the exchange puts it at
+        #  the staging name, so a save killed before it is deleted leaves a
+        #  directory the next save knows as its own.]
+        try:
+            _write_file_synced(final / STAGING_MARKER, b"tiermem checkpoint staging directory\n")
+        except BaseException:
+            (final / STAGING_MARKER).unlink(missing_ok=True)
+            raise
         if _rename_exchange(stage, final):
             pause_point("renamed")
+            _drop_marker(final)
             fsync_dir(root)
             write_latest(root, tag)
             shutil.rmtree(stage)  # the previous contents of tag
             return final
+        (final / STAGING_MARKER).unlink()
         old = _old_dir(root, tag)
         if old.exists():
             shutil.rmtree(old)
@@ -561,6 +688,7 @@ def commit_staging(save_dir: str | os.PathLike, tag: str) -> Path:
         fsync_dir(root)
         os.rename(stage, final)
         pause_point("renamed")
+        _drop_marker(final)
         fsync_dir(root)
         write_latest(root, tag)
         shutil.rmtree(old)
@@ -569,9 +697,17 @@ def commit_staging(save_dir: str | os.PathLike, tag: str) -> Path:
         final.unlink()
     os.rename(stage, final)
     pause_point("renamed")
+    _drop_marker(final)
     fsync_dir(root)
     write_latest(root, tag)
     return final
+
+
+def _drop_marker(checkpoint: Path) -> None:
+    """Remove the staging marker from a committed checkpoint (a kill before this
+    leaves it there, harmlessly: the directory's name is not a staging name)."""
+    (checkpoint / STAGING_MARKER).unlink(missing_ok=True)
+    fsync_dir(checkpoint)
 
 
 def write_latest(save_dir: str | os.PathLike, tag: str) -> None:
@@ -621,11 +757,25 @@ def resolve_checkpoint(save_dir: str | os.PathLike, tag: str | None) -> Path:
 
 
 def list_stale(save_dir: str | os.PathLike) -> Iterable[Path]:
-    """Staging leftovers of interrupted saves in ``save_dir``."""
+    """Staging leftovers of interrupted saves in ``save_dir``: only what tiermem made.
+
+    A directory ``.TAG.tmp`` (a valid tag) holding the staging marker, and the
+    regular file ``.latest.tmp`` (:func:`write_latest`'s, which replaces it
+    anyway); anything else with a similar name is someone else's, left alone.
+    """
     root = Path(save_dir)
     if not root.is_dir():
         return []
-    return [p for p in root.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+    out = []
+    for p in root.iterdir():
+        name = p.name
+        if name == f".{LATEST}.tmp":
+            if stat.S_ISREG(p.lstat().st_mode):
+                out.append(p)
+        elif name.startswith(".") and name.endswith(".tmp") and _TAG.fullmatch(name[1:-4]):
+            if p.is_dir() and not p.is_symlink() and (p / STAGING_MARKER).is_file():
+                out.append(p)
+    return out
 
 
 # -- kill-test hook ----------------------------------------------------------------------------

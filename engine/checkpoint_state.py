@@ -162,6 +162,8 @@ class _StoreAccess(OptimizerStateAccess):
 
 def optimizer_access(shard_optimizer: Any) -> OptimizerStateAccess:
     """The accessor for ``shard_optimizer`` (by its ``placement``)."""
+    if hasattr(shard_optimizer, "state_access"):  # placements that give their own (compact states)
+        return shard_optimizer.state_access()
     placement = getattr(shard_optimizer, "placement", None)
     if placement == "cpu":
         return _HostAccess(shard_optimizer)

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -69,7 +70,9 @@ TOP_LEVEL_IGNORED: Mapping[str, str] = {
             "wandb",
             "csv_monitor",
             "comet",
+            "aim",
             "memory_breakdown",
+            "log_level",
             "dump_state",
             "timers",
         ),
@@ -86,6 +89,9 @@ TOP_LEVEL_IGNORED: Mapping[str, str] = {
             "autotuning",
             "compile",
             "vocabulary_size",
+            "allgather_size",
+            "managed_gradient_accumulation",
+            "use_data_before_expert_parallel_",
         ),
         _DS_POLICY,
     ),
@@ -120,6 +126,8 @@ TOP_LEVEL_IGNORED: Mapping[str, str] = {
             "datastates",
             "graph_harvesting",
             "torch_autocast",
+            "expert_parallel",
+            "zenflow",
         ),
         _FEATURE,
     ),
@@ -149,6 +157,7 @@ class TiermemConfig(Section):
     PATH: ClassVar[str] = ""
     ALIASES: ClassVar[Mapping[str, str]] = {"bfloat16": "bf16"}
     IGNORED: ClassVar[Mapping[str, str]] = TOP_LEVEL_IGNORED
+    UNKNOWN_WARNS: ClassVar[bool] = True
     REPLACED: ClassVar[Mapping[str, str]] = {
         "amp": 'NVIDIA Apex AMP is not supported; use "bf16" or "fp16"',
     }
@@ -398,13 +407,26 @@ def _parse_dict(raw: Any) -> TiermemConfig:
         if spec.kind != "section" or name not in values:
             continue
         value = values[name]
+        if name == "zero_optimization" and isinstance(value, bool):
+            # DeepSpeed's oldest form, still read: true is stage 1, false stage 0
+            value = {"stage": 1 if value else 0}
+            warnings.warn(
+                f'"zero_optimization": {str(values[name]).lower()} is deprecated; read as '
+                f'{{"stage": {value["stage"]}}}, as DeepSpeed reads it',
+                ConfigWarning,
+                stacklevel=3,
+            )
         if name == "optimizer":
             values[name] = None if value is None else OptimizerConfig.parse(value, ctx)
         elif name == "scheduler":
             values[name] = None if value is None else SchedulerConfig.parse(value, ctx)
         else:
             assert spec.section is not None
-            values[name] = parse_section(spec.section, value, name, ctx)
+            # errors name the section as the file spells it ("bfloat16" or "bf16")
+            spelt = next(
+                (k for k, v in TiermemConfig.ALIASES.items() if v == name and k in raw), name
+            )
+            values[name] = parse_section(spec.section, value, spelt, ctx)
     aio = values.get("aio")
     if isinstance(aio, AioSectionConfig) and aio.use_gds:
         ctx.ignored.append(("aio.use_gds", "GPUDirect Storage is not supported"))

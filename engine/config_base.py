@@ -189,6 +189,10 @@ def coerce(spec: Spec, value: Any, path: str) -> Any:
     return handler(spec, value, path)
 
 
+def _is_auto(value: Any) -> bool:
+    return value is AUTO or (isinstance(value, str) and value == "auto")
+
+
 def _fail(spec: Spec, value: Any, path: str, extra: str = "") -> ConfigError:
     hint = ""
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
@@ -320,19 +324,39 @@ class Section:
         IGNORED: DeepSpeed keys accepted and ignored with a :class:`ConfigWarning`,
             name -> why.
         REPLACED: keys rejected with a pointer to their replacement, name -> hint.
+        DELETE: keys DeepSpeed also refuses here and that belong nowhere in this
+            section's place, refused with advice to delete them, name -> why.
+        UNKNOWN_WARNS: an unknown key that is neither a typo of a known key nor a
+            known key in the wrong place is accepted with a :class:`ConfigWarning`
+            (the top level: DeepSpeed reads the keys it knows there and ignores
+            the rest, where its sections refuse unknown keys).
     """
 
     PATH: ClassVar[str] = ""
     ALIASES: ClassVar[Mapping[str, str]] = {}
     IGNORED: ClassVar[Mapping[str, str]] = {}
     REPLACED: ClassVar[Mapping[str, str]] = {}
+    DELETE: ClassVar[Mapping[str, str]] = {}
+    UNKNOWN_WARNS: ClassVar[bool] = False
+
+    @classmethod
+    def preprocess(cls, raw: Mapping[str, Any], path: str, ctx: ParseContext) -> Mapping[str, Any]:
+        """``raw`` before its keys are checked: deprecated keys DeepSpeed still converts
+        rewritten, keys accepted but not acted on noted in ``ctx`` (default: as is)."""
+        return raw
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             spec = spec_of(field)
             if spec is None:
                 continue
-            value = coerce(spec, getattr(self, field.name), self.field_path(field.name))
+            value = getattr(self, field.name)
+            if spec.kind == "bool" and not spec.auto and _is_auto(value):
+                # [Note: accelerate's templates write "auto" on true/false keys
+                #  (stage3_gather_16bit_weights_on_model_save) and fill them from its
+                #  plugin, whose default is DeepSpeed's: so "auto" is the key's default.]
+                value = field.default
+            value = coerce(spec, value, self.field_path(field.name))
             object.__setattr__(self, field.name, value)
         self._check()
 
@@ -485,12 +509,58 @@ def collect_keys(
             out[new] = value
         elif key in cls.REPLACED:
             raise ConfigError(cls.REPLACED[key], path=join_path(path, key))
+        elif key in cls.DELETE:
+            raise ConfigError(
+                f'{cls.DELETE[key]}; delete "{key}" from "{path}"', path=join_path(path, key)
+            )
         elif key in cls.IGNORED:
             ctx.ignored.append((join_path(path, key), cls.IGNORED[key]))
         else:
             valid = [*fields, *cls.ALIASES]
+            known = [*valid, *cls.IGNORED, *cls.REPLACED]
+            if cls.UNKNOWN_WARNS and not _typo_or_misplaced(key, path, known, ctx.key_index):
+                ctx.ignored.append((join_path(path, key), _NOT_DEEPSPEED))
+                continue
             raise unknown_key_error(path, key, valid, ctx.key_index)
     return out
+
+
+_NOT_DEEPSPEED = (
+    "not a DeepSpeed config key: DeepSpeed skips keys it does not know here, and so does "
+    "tiermem; delete it, or fix its spelling if it was meant to be a real key"
+)
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance (insertions, deletions, substitutions and swaps of
+    neighbours, each 1) between ``a`` and ``b``, case-insensitively."""
+    a, b = a.lower(), b.lower()
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def typo_limit(key: str) -> int:
+    """Edits within which an unknown key counts as a misspelling: 1 for short keys
+    (up to 7 characters), 2 for longer ones."""
+    return 1 if len(key) <= 7 else 2
+
+
+def _typo_or_misplaced(key: str, path: str, known: Iterable[str], key_index: Iterable[str]) -> bool:
+    """Whether unknown ``key`` under ``path`` is a misspelt known key or one that belongs
+    in another section (both stay errors)."""
+    if any(p.rsplit(".", 1)[-1] == key and p != join_path(path, key) for p in key_index):
+        return True
+    limit = typo_limit(key)
+    return any(edit_distance(key, name) <= limit for name in known)
 
 
 def parse_section(cls: type[Section], raw: Any, path: str, ctx: ParseContext) -> Section:
@@ -500,6 +570,7 @@ def parse_section(cls: type[Section], raw: Any, path: str, ctx: ParseContext) ->
     """
     if raw is None:
         raw = {}
+    raw = cls.preprocess(expect_mapping(raw, path), path, ctx)
     values = collect_keys(cls, raw, path, ctx)
     for name, spec in cls.json_fields().items():
         if spec.kind == "section" and name in values:

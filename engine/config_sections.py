@@ -11,6 +11,7 @@ parsing and are resolved by the engine (see ``TiermemConfig.resolve_auto``).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -18,6 +19,7 @@ from tiermem.engine.config_base import (
     AUTO,
     Auto,
     ConfigError,
+    ConfigWarning,
     ParseContext,
     Section,
     check_required,
@@ -47,9 +49,9 @@ class OffloadConfig(Section):
     # "auto": the planner chooses at initialize (tiermem.engine.auto_placement)
     device: str = setting("none", kind="choice", choices=(*OFFLOAD_DEVICES, "auto"), fold_case=True)
     nvme_path: tuple[str, ...] | None = setting(None, kind="paths", nullable=True)
-    pin_memory: bool = setting(True, kind="bool")
-    buffer_count: int = setting(5, kind="int", lo=1)
-    buffer_size: int = setting(100_000_000, kind="int", lo=1)
+    pin_memory: bool = setting(False, kind="bool")
+    buffer_count: int = setting(5, kind="int", lo=0)
+    buffer_size: int = setting(100_000_000, kind="int", lo=0)
     max_in_cpu: int = setting(1_000_000_000, kind="int", lo=0)
 
     def _check(self) -> None:
@@ -74,9 +76,10 @@ class OffloadOptimizerConfig(OffloadConfig):
     IGNORED: ClassVar[Mapping[str, str]] = {
         "super_offload": "DeepSpeed Superchip offload path",
         "cpuadam_cores_perc": "tiermem's CPU Adam sizes its own thread pool",
+        "convert_grad_on_cpu": "tiermem converts gradients where its optimizer step runs",
     }
 
-    buffer_count: int = setting(4, kind="int", lo=1)
+    buffer_count: int = setting(4, kind="int", lo=0)
     pipeline_read: bool = setting(False, kind="bool")
     pipeline_write: bool = setting(False, kind="bool")
     fast_init: bool = setting(False, kind="bool")
@@ -113,6 +116,12 @@ _ZERO_IGNORED = {
         "mics_hierarchical_params_gather",
         "zeropp_loco_param",
         "log_trace_cache_warnings",
+        "stage3_allgather_sequential",
+        "stage3_partition_stream_chunk_size",
+        "enable_sanity_checks",
+        "save_muon_momentum_buffer_in_memory",
+        "leaf_module",
+        "zenflow",
     )
 }
 
@@ -140,29 +149,62 @@ class ZeroConfig(Section):
         "max_live_parameters": "stage3_max_live_parameters",
         "max_reuse_distance": "stage3_max_reuse_distance",
     }
-    IGNORED: ClassVar[Mapping[str, str]] = _ZERO_IGNORED
-    REPLACED: ClassVar[Mapping[str, str]] = {
-        "cpu_offload": 'deprecated in DeepSpeed; use "offload_optimizer": {"device": "cpu"}',
-        "cpu_offload_param": 'deprecated in DeepSpeed; use "offload_param": {"device": "cpu"}',
+    IGNORED: ClassVar[Mapping[str, str]] = {
+        **_ZERO_IGNORED,
         "cpu_offload_use_pin_memory": (
-            'deprecated in DeepSpeed; use "pin_memory" inside "offload_param" / "offload_optimizer"'
+            'deprecated; DeepSpeed ignores it too: set "pin_memory" inside '
+            '"offload_param" / "offload_optimizer"'
         ),
     }
+    #: DeepSpeed's deprecated switches it still converts: key -> the section it turns on
+    LEGACY_OFFLOAD: ClassVar[Mapping[str, str]] = {
+        "cpu_offload": "offload_optimizer",
+        "cpu_offload_param": "offload_param",
+    }
+
+    @classmethod
+    def preprocess(cls, raw: Mapping[str, Any], path: str, ctx: ParseContext) -> Mapping[str, Any]:
+        """``cpu_offload: true`` -> ``offload_optimizer: {"device": "cpu"}`` and
+        ``cpu_offload_param: true`` -> ``offload_param: {"device": "cpu"}``, as DeepSpeed
+        converts them (false or null: nothing); giving both spellings is an error, as in
+        DeepSpeed."""
+        out = dict(raw)
+        for old, new in cls.LEGACY_OFFLOAD.items():
+            if old not in out:
+                continue
+            value = out.pop(old)
+            where = join_path(path, old)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"expected true, false or null, got {value!r}", path=where)
+            if new in out:
+                raise ConfigError(
+                    f'"{old}" is the deprecated form of "{new}"; give only one of them',
+                    path=where,
+                )
+            if value:
+                out[new] = {"device": "cpu"}
+                warnings.warn(
+                    f'{where} is deprecated; read as "{new}": {{"device": "cpu"}}, '
+                    "as DeepSpeed converts it",
+                    ConfigWarning,
+                    stacklevel=2,
+                )
+        return out
 
     stage: int = setting(0, kind="int", lo=0, hi=3)
     offload_param: OffloadConfig = setting(kind="section", section=OffloadConfig)
     offload_optimizer: OffloadOptimizerConfig = setting(
         kind="section", section=OffloadOptimizerConfig
     )
-    sub_group_size: int = setting(1_000_000_000, kind="int", lo=1)
+    sub_group_size: int = setting(1_000_000_000, kind="int", lo=0)
     sub_group_split_params: bool = setting(False, kind="bool")
     stage3_prefetch_bucket_size: int | Auto = setting(50_000_000, kind="int", lo=0, auto=True)
     stage3_max_live_parameters: int = setting(1_000_000_000, kind="int", lo=0)
     stage3_max_reuse_distance: int = setting(1_000_000_000, kind="int", lo=0)
     stage3_param_persistence_threshold: int | Auto = setting(100_000, kind="int", lo=0, auto=True)
     stage3_gather_16bit_weights_on_model_save: bool = setting(False, kind="bool")
-    reduce_bucket_size: int | Auto = setting(500_000_000, kind="int", lo=1, auto=True)
-    allgather_bucket_size: int = setting(500_000_000, kind="int", lo=1)
+    reduce_bucket_size: int | Auto = setting(500_000_000, kind="int", lo=0, auto=True)
+    allgather_bucket_size: int = setting(500_000_000, kind="int", lo=0)
     overlap_comm: bool | None = setting(None, kind="bool", nullable=True)
     contiguous_gradients: bool = setting(True, kind="bool")
     reduce_scatter: bool = setting(True, kind="bool")
@@ -256,8 +298,20 @@ class BF16Config(Section):
         "immediate_grad_update": "tiermem hands gradients to the optimizer tier as they come",
         "check_grad_overflow": "bf16 needs no overflow check",
         "bf16_master_weights_and_grads": "tiermem always keeps fp32 master weights",
-        "bf16_optimizer_states": "tiermem keeps Adam moments in fp32",
+        "bf16_optimizer_states": "moments follow optimizer.params.state_dtype",
     }
+    DELETE: ClassVar[Mapping[str, str]] = dict.fromkeys(
+        (
+            "loss_scale",
+            "initial_scale_power",
+            "loss_scale_window",
+            "hysteresis",
+            "consecutive_hysteresis",
+            "min_loss_scale",
+        ),
+        "an fp16 loss-scaling key: bf16 has fp32's range and uses no loss scale "
+        "(DeepSpeed refuses it here too)",
+    )
 
     enabled: bool | Auto = setting(False, kind="bool", auto=True)
 
@@ -321,9 +375,28 @@ class AioSectionConfig(Section):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ActivationCheckpointingConfig(Section):
-    """``activation_checkpointing``: recompute activations in backward to save memory."""
+    """``activation_checkpointing``: recompute activations in backward to save memory.
+
+    tiermem acts on ``cpu_checkpointing``; the other keys are DeepSpeed's
+    Megatron-style checkpointing knobs, accepted with a :class:`ConfigWarning`
+    when set to anything but their default, since nothing here acts on them.
+    """
 
     PATH: ClassVar[str] = "activation_checkpointing"
+    NOT_ACTED_ON: ClassVar[Mapping[str, str]] = {
+        "partition_activations": "tiermem does not partition saved activations across ranks",
+        "contiguous_memory_optimization": "tiermem does not copy checkpoints into one buffer",
+        "number_checkpoints": "tiermem does not preallocate checkpoint buffers",
+        "synchronize_checkpoint_boundary": "tiermem does not synchronize at checkpoints",
+        "profile": "tiermem does not time the checkpointed forwards",
+    }
+
+    @classmethod
+    def preprocess(cls, raw: Mapping[str, Any], path: str, ctx: ParseContext) -> Mapping[str, Any]:
+        for key, why in cls.NOT_ACTED_ON.items():
+            if raw.get(key) not in (None, False):
+                ctx.ignored.append((join_path(path, key), f"accepted, not acted on: {why}"))
+        return raw
 
     partition_activations: bool = setting(False, kind="bool")
     cpu_checkpointing: bool = setting(False, kind="bool")
@@ -336,6 +409,9 @@ class ActivationCheckpointingConfig(Section):
 # ----------------------------------------------------------------------------- optimizer
 
 OPTIMIZER_TYPES = ("Adam", "AdamW")
+#: Adam moment storage (tiermem.adam.STATE_DTYPES; repeated here so the config stays importable
+#: without the native library)
+STATE_DTYPES = ("fp32", "bf16", "int8")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -355,6 +431,8 @@ class OptimizerConfig(Section):
         "weight_decay",
         "bias_correction",
         "adam_w_mode",
+        "state_dtype",
+        "fp32_optimizer_states",
     )
     IGNORED_PARAMS: ClassVar[Mapping[str, str]] = {
         "torch_adam": "tiermem always uses its own CPU Adam",
@@ -371,6 +449,9 @@ class OptimizerConfig(Section):
     weight_decay: float | Auto = setting(0.0, kind="float", lo=0.0, auto=True)
     bias_correction: bool = setting(True, kind="bool")
     adamw_mode: bool | None = setting(None, kind="bool", nullable=True)
+    # [Note: how Adam's moments are stored (tiermem.adam.STATE_DTYPES); DeepSpeed's
+    #  "fp32_optimizer_states": false (CPU Adam keeping moments in bf16) means "bf16".]
+    state_dtype: str = setting("fp32", kind="choice", choices=STATE_DTYPES, fold_case=True)
 
     @classmethod
     def field_path(cls, name: str) -> str:
@@ -385,11 +466,18 @@ class OptimizerConfig(Section):
 
     def _check(self) -> None:
         if self.type == "AdamW" and self.adamw_mode is False:
-            raise self.error(
-                "adamw_mode",
-                'AdamW always decouples weight decay; use "type": "Adam" with '
-                '"adam_w_mode": false for L2-style weight decay',
+            # [Note: DeepSpeed's rule (runtime/engine.py, _configure_basic_optimizer:
+            #  effective_adam_w_mode = type is AdamW or adam_w_mode; its unit test
+            #  tests/unit/ops/adam/test_adamw.py expects AdamW + false -> adam_w_mode
+            #  True): the type wins and decay stays decoupled. Same meaning here,
+            #  with a warning, since the file asks for something it does not get.]
+            warnings.warn(
+                'optimizer.params.adam_w_mode is false, but "type": "AdamW" always decouples '
+                'weight decay (as in DeepSpeed); for L2-style decay write "type": "Adam"',
+                ConfigWarning,
+                stacklevel=2,
             )
+            object.__setattr__(self, "adamw_mode", True)
         if self.adamw_mode is None:
             object.__setattr__(self, "adamw_mode", True)
 
@@ -401,6 +489,7 @@ class OptimizerConfig(Section):
             "weight_decay": _json(self.weight_decay),
             "bias_correction": self.bias_correction,
             "adam_w_mode": self.adamw_mode,
+            "state_dtype": self.state_dtype,
         }
         return {"type": self.type, "params": params}
 
@@ -428,6 +517,18 @@ class OptimizerConfig(Section):
             path = join_path("optimizer.params", key)
             if key == "adam_w_mode":
                 values["adamw_mode"] = value
+            elif key == "fp32_optimizer_states":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"expected true or false, got {value!r}", path=path)
+                spelled = "fp32" if value else "bf16"
+                given = params.get("state_dtype")
+                if isinstance(given, str) and given.lower() != spelled:
+                    raise ConfigError(
+                        f'says {str(value).lower()} ("{spelled}" moments) but '
+                        f'"state_dtype" is {given!r}; give one of the two',
+                        path=path,
+                    )
+                values["state_dtype"] = spelled
             elif key in cls.PARAMS:
                 values[key] = value
             elif key == "amsgrad":

@@ -18,6 +18,7 @@ Two ways to drive it:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -32,6 +33,7 @@ from torch import nn
 from tiermem import adam
 from tiermem.engine.checkpointing import ActivationCheckpointing
 from tiermem.engine.comm import Communicator
+from tiermem.engine.config_base import ConfigError
 from tiermem.engine.grads import BackwardPass, GradReducer
 from tiermem.engine.hooks import ParamScheduler
 from tiermem.engine.optimizer_step import AdamHyper, StepItem
@@ -123,6 +125,7 @@ def _hyper_from_client(client: torch.optim.Optimizer) -> OptimizerSettings:
         weight_decay=float(first["weight_decay"]),
         adamw_mode=adamw,
         bias_correction=bool(first.get("bias_correction", True)),
+        state_dtype=str(first.get("state_dtype", "fp32")),
     )
 
 
@@ -164,6 +167,8 @@ class TiermemEngine:
         self.skipped_steps = 0
         self._group_steps: dict[int, int] = {}
         self._updated_in_backward: set[int] = set()  # groups stepped as their gradients landed
+        self._boundary_backwards = 0  # backward calls at this step's accumulation boundary
+        self._one_backward_per_step = False  # the last optimizer step had exactly one
         self._grad_loss_scale = 1.0
         self._global_grad_norm: float | None = None
         self._hyper_settings = (
@@ -179,6 +184,12 @@ class TiermemEngine:
             self._build_grad_path()
             self._build_optimizer(client_optimizer, model_parameters)
             self.lr_scheduler = self._build_lr_scheduler(lr_scheduler)
+            self.placements.predict(  # until the stores record the real order
+                [(g.key, g.index, g.trainable) for g in self.groups],
+                accumulation_steps=self.gradient_accumulation_steps,
+                update_in_backward=self.settings.gradient_clipping <= 0
+                and self.precision.kind != "fp16",
+            )
         except BaseException:
             # [Note: a failed start (a full swap disk) closes the stores it opened
             #  now, removing their scratch files, instead of whenever the engine
@@ -257,6 +268,7 @@ class TiermemEngine:
         hp = self._hyper_settings
         trainable = [p for g in self.groups if g.trainable for p in g.params]
         self._segments: dict[int, tuple[tuple[int, int, int], ...]] = {}
+        self._left_out = False
         if hp is None:
             self.optimizer = None
             return
@@ -272,8 +284,14 @@ class TiermemEngine:
                 params = [
                     {**d, "params": [p for p in d["params"] if p.requires_grad]} for d in dicts
                 ]
+            else:
+                params = [p for p in model_parameters if p.requires_grad]
+            if not any(d["params"] for d in params) if dicts else not params:
+                raise ValueError("model_parameters holds no parameter that requires grad")
         self.optimizer = ZeroOptimizer(params, defaults, engine=self, shared_param_groups=shared)
-        if len(self.optimizer.param_groups) > 1:
+        stepped = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        self._left_out = any(id(p) not in stepped for p in trainable)
+        if len(self.optimizer.param_groups) > 1 or self._left_out:
             self._segments = self._hyper_segments()
 
     def _hyper_segments(self) -> dict[int, tuple[tuple[int, int, int], ...]]:
@@ -282,8 +300,10 @@ class TiermemEngine:
         [Note: a module's parameters share one flat group, but a user's param
         groups may split them (weight decay on weights, none on biases), so the
         optimizer step runs each range of a shard with its own param group's
-        hyperparameters. A parameter in no param group (a client optimizer
-        built on a subset) follows the first group; padding the one before it.]
+        hyperparameters. A parameter in no param group (``model_parameters`` or
+        a client optimizer holding a subset, as DeepSpeed allows) gets index -1,
+        which :meth:`_hyper` makes a step of lr 0 and no decay: its values stay
+        exactly as they are. Padding follows the range before it.]
         """
         owner = {id(p): i for i, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
         out = {}
@@ -297,7 +317,7 @@ class TiermemEngine:
                 hi = min(slot.offset + slot.numel, lay.shard_end) - lay.shard_start
                 if lo >= hi:
                     continue
-                index = owner.get(id(param), 0)
+                index = owner.get(id(param), -1)
                 if pieces and pieces[-1][2] == index:
                     pieces[-1][1] = hi
                 else:
@@ -319,7 +339,21 @@ class TiermemEngine:
         if self.settings.scheduler and self.optimizer is not None:
             from tiermem.engine.lr_schedules import build_lr_scheduler
 
-            return build_lr_scheduler(self.optimizer, self.settings.scheduler)
+            try:
+                return build_lr_scheduler(self.optimizer, self.settings.scheduler)
+            except ConfigError as err:
+                if err.path is None or not err.path.startswith("scheduler.params."):
+                    raise
+                if '"auto"' not in err.detail:
+                    raise
+                raise ConfigError(
+                    'is "auto", and tiermem.initialize does not know the length of the run: '
+                    "write a number in the config, or pass lr_scheduler= to tiermem.initialize "
+                    "(a scheduler, or a callable taking the optimizer, such as "
+                    "lambda opt: tiermem.engine.lr_schedules.build_lr_scheduler(opt, "
+                    'config["scheduler"], total_steps=..., warmup_steps=...))',
+                    path=err.path,
+                ) from None
         return None
 
     def _begin_pass(self, _module: nn.Module, _args: Any) -> None:
@@ -390,23 +424,37 @@ class TiermemEngine:
         updated by the optimizer as soon as its reduced gradient lands, while
         backward goes on: the gradient is never written to its accumulator (on
         NVMe: no gradient traffic at all) and the state write-back overlaps the
-        rest of backward. The state *read* does not: a one-group step waits for
-        its own first chunk (nothing reads ahead along the backward order yet).
+        rest of backward. The state read does too where the store reads ahead
+        along the backward order: by the order the engine predicts for it from
+        the first step (Placements.predict), then by the recorded schedule.
         The reductions and the stage 1/2 all-gathers run inside backward then,
         so every rank must finish the same groups in the same order (a
         data-dependent graph, e.g. MoE routing, would mismatch collectives).
         Adam is per element and a group's gradient is final once every node
         that used its parameters has run, so the result is the one
         :meth:`step` would compute; :meth:`step` then updates the other
-        groups. A second backward before :meth:`step` would find groups already
-        updated, so it is refused.]
+        groups.]
+
+        [Note: several backward calls before one :meth:`step` accumulate, as
+        in DeepSpeed. A gradient is final only after the last of them, so the
+        update in backward runs only once the previous optimizer step had
+        exactly one backward at its boundary (never on the first step): a loop
+        that calls backward twice per step never overlaps, one that calls it
+        once overlaps from its second step on. A loop that switches from one
+        backward per step to several finds groups already updated by the
+        first: refused, since the step could no longer be the one
+        DeepSpeed takes.]
         """
         if self._updated_in_backward:
             raise RuntimeError(
-                "engine.backward() called again before engine.step(): the previous backward "
-                "already updated parameters (an accumulation boundary without clipping); "
-                "call engine.step() after each backward"
+                "engine.backward() called again before engine.step(), after steps with one "
+                "backward each: the previous backward already updated parameters (the "
+                "update-in-backward overlap, at an accumulation boundary without clipping). "
+                "Call backward the same number of times before every step (several from the "
+                "first step on accumulate), or call engine.step() after each backward"
             )
+        if self.is_gradient_accumulation_boundary():
+            self._boundary_backwards += 1
         scale = self.loss_scaler.scale
         factor = scale / self.gradient_accumulation_steps if scale_wrt_gas else scale
         self._grad_loss_scale = scale
@@ -414,6 +462,8 @@ class TiermemEngine:
         early = (
             self.optimizer is not None
             and not retain_graph
+            and self._one_backward_per_step
+            and self._boundary_backwards == 1
             and self.is_gradient_accumulation_boundary()
             and self.settings.gradient_clipping <= 0
             and self.precision.kind != "fp16"
@@ -453,7 +503,10 @@ class TiermemEngine:
             group.update_target,
             group.after_update,
             self._group_steps[gi],
-            tuple((lo, hi, hypers[i]) for lo, hi, i in self._segments.get(gi, ())),
+            tuple(
+                (lo, hi, hypers[i] if i >= 0 else self._hyper(-1))
+                for lo, hi, i in self._segments.get(gi, ())
+            ),
         )
 
     def step(self) -> None:
@@ -483,6 +536,8 @@ class TiermemEngine:
                 param.grad = None
 
     def _hyper(self, param_group: int = 0) -> AdamHyper:
+        if param_group < 0:  # a parameter no param group holds: left as it is
+            return dataclasses.replace(self._hyper(0), lr=0.0, weight_decay=0.0)
         group = self.optimizer.param_groups[param_group]
         hp = self._hyper_settings
         return AdamHyper(
@@ -495,9 +550,16 @@ class TiermemEngine:
         )
 
     def _global_sqnorm(self, keys: Iterable[int]) -> float:
+        """Squared norm of the gradients the optimizer steps (DeepSpeed's clipping norm
+        leaves out parameters that no param group holds)."""
         total = 0.0
         for gi in keys:
-            total += _sqnorm(self.reducer.open_owner_grad(gi))
+            grad = self.reducer.open_owner_grad(gi)
+            segments = self._segments.get(gi, ()) if self._left_out else ()
+            if any(i < 0 for _, _, i in segments):
+                total += sum(_sqnorm(grad[lo:hi]) for lo, hi, i in segments if i >= 0)
+            else:
+                total += _sqnorm(grad)
             self.reducer.close_owner_grad(gi)
         if self.stage > 0:
             total = self.comm.all_reduce_scalar(total)
@@ -538,6 +600,7 @@ class TiermemEngine:
             )
         self.shard_optimizer.step(items, hypers[0], grad_scale=inv_scale * clip_coef)
         self._updated_in_backward.clear()
+        self._count_backwards()
         self.loss_scaler.update(False)
         self.global_steps += 1
         self.global_samples += self.settings.train_batch_size
@@ -546,7 +609,12 @@ class TiermemEngine:
         self._end_pass()
         return True
 
+    def _count_backwards(self) -> None:
+        self._one_backward_per_step = self._boundary_backwards == 1
+        self._boundary_backwards = 0
+
     def _skip_step(self, zero_grads: bool) -> bool:
+        self._count_backwards()
         before = self.loss_scaler.scale
         self.loss_scaler.update(True)
         self.skipped_steps += 1
@@ -591,6 +659,27 @@ class TiermemEngine:
     def master_state(self, group_index: int) -> dict[str, torch.Tensor]:
         """This rank's fp32 master/exp_avg/exp_avg_sq of one group's shard (host copies)."""
         return self.shard_optimizer.state(self.groups[group_index].key)
+
+    def min_bytes_per_step(self) -> dict[str, int]:
+        """The NVMe bytes (``read``, ``write``, ``total``) one optimizer step of this rank
+        must move at least with this placement, driven by :meth:`backward` and :meth:`step`;
+        see :mod:`tiermem.engine.io_minimum`. Compare with the stores' telemetry
+        (``bytes_moved``) to see how far the store is from it."""
+        from tiermem.engine.io_minimum import GroupTraffic, min_bytes_per_step
+
+        return min_bytes_per_step(
+            (
+                GroupTraffic(g.layout.shard_numel, g.trainable, g.persistent)
+                for g in self.groups
+                if g.partitioned or g.trainable
+            ),
+            params_on_nvme=self.home is not None and self.home.placement == "nvme",
+            optimizer_on_nvme=self.shard_optimizer.placement == "nvme",
+            param_itemsize=self.dtype.itemsize,
+            micro_steps=self.gradient_accumulation_steps,
+            update_in_backward=self.settings.gradient_clipping <= 0
+            and self.precision.kind != "fp16",
+        )
 
     @torch.no_grad()
     def full_state_dict(self) -> dict[str, torch.Tensor]:

@@ -45,7 +45,14 @@ from tiermem.engine.optimizer_step import (
 from tiermem.engine.param_home import ParamHome
 from tiermem.store import FetchHandle, StoreConfig, TensorStore, TierKind
 
-__all__ = ["NvmeShardOptimizer", "StoreParamHome", "StoreSpec", "open_store", "rank_paths"]
+__all__ = [
+    "NvmeShardOptimizer",
+    "StoreParamHome",
+    "StoreSpec",
+    "open_store",
+    "predict_fetch_order",
+    "rank_paths",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +64,7 @@ class StoreSpec:
     prefetch_bytes: int
     pin_memory: bool = False
     aio: object = None
+    key: str = "nvme_path"  # the config key the paths came from, for errors
 
 
 def rank_paths(paths: Sequence[str], rank: int, *, key: str = "nvme_path") -> tuple[str, ...]:
@@ -111,7 +119,25 @@ def open_store(spec: StoreSpec) -> TensorStore:
         pin_memory=bool(spec.pin_memory),
         **kwargs,
     )
-    return TensorStore(cfg)
+    try:
+        return TensorStore(cfg)
+    except OSError as exc:
+        # [Note: a directory the checks above let through can still fail to be
+        #  made (under /proc, a vanished parent): named by its config key too.]
+        bad = exc.filename and _is_or_holds(os.fspath(exc.filename), spec.paths)
+        if not bad:
+            raise
+        raise ConfigError(
+            f"{exc.filename}: cannot be created or used as a swap directory "
+            f"({exc.strerror or exc})",
+            path=spec.key,
+        ) from exc
+
+
+def _is_or_holds(name: str, paths: Sequence[str]) -> bool:
+    """Whether ``name`` is one of ``paths`` or a directory above one (made for it)."""
+    name = os.path.abspath(name)
+    return any(os.path.commonpath([name, os.path.abspath(p)]) == name for p in paths)
 
 
 @dataclass(kw_only=True)
@@ -303,6 +329,23 @@ class NvmeShardOptimizer(ShardOptimizer):
                 grads.pop(item.key)
                 item.close_grad()
 
+    def fetch_order(self, keys: Sequence[int], *, param_name, grad_name) -> list[str]:
+        """The store tensors :meth:`step` fetches for groups ``keys``, in order.
+
+        ``param_name(key)`` / ``grad_name(key)``: the parameter shard opened for
+        the update and the gradient (None where they are not in this store).
+        """
+        plan = [(key, index) for key in keys for index in range(len(self._chunks.get(key, ())))]
+        if not plan:
+            return []
+        out = [self._name(*plan[0])]
+        for pos, (key, index) in enumerate(plan):
+            if pos + 1 < len(plan):
+                out.append(self._name(*plan[pos + 1]))
+            if index == 0:
+                out += [n for n in (param_name(key), grad_name(key)) if n is not None]
+        return out
+
     def drop(self, key: int) -> None:
         self._chunk_index.pop(key, None)
         for index in range(len(self._chunks.pop(key, []))):
@@ -322,3 +365,73 @@ class NvmeShardOptimizer(ShardOptimizer):
     def close(self) -> None:
         self._chunks.clear()
         self._chunk_index.clear()
+
+
+def predict_fetch_order(
+    stores: Sequence[TensorStore],
+    *,
+    home: ParamHome | None,
+    optimizer: ShardOptimizer,
+    grad_store: TensorStore | None,
+    groups: Sequence[tuple[int, int, bool]],
+    accumulation_steps: int,
+    update_in_backward: bool,
+) -> None:
+    """Give each store the order a training step is expected to fetch in.
+
+    ``groups``: ``(key, index, trainable)`` in module registration order;
+    ``grad_store``: the store of the gradient accumulators (``grad.{index}``),
+    if any; ``update_in_backward``: whether the last backward of the step
+    updates each group as its gradient lands (else :meth:`step` updates all
+    of them, reading every gradient once more for the norm first).
+
+    [Note: the guess is the forward in registration order, the backward in
+    its reverse (each group's shard gathered again, then its gradient landed
+    or its update run), per micro-step, then the norm's pass over the
+    gradients and the optimizer's sub-groups as :meth:`NvmeShardOptimizer.step`
+    walks them. It stands in for the store's recording on the steps before one
+    exists (the engine records from the second step, after the hooks have
+    learnt the module order); fetches it did not foresee (a tied weight
+    gathered twice) only cost the prefetches around them.]
+    """
+    param_store = home.store if isinstance(home, StoreParamHome) else None
+    by_index = {key: index for key, index, _ in groups}
+    store_of: dict[str, TensorStore | None] = {}
+
+    def param(key: int) -> str | None:
+        name = StoreParamHome._name(key) if param_store is not None else None
+        store_of[name] = param_store
+        return name
+
+    def grad(key: int) -> str | None:
+        name = f"grad.{by_index[key]}" if grad_store is not None else None
+        store_of[name] = grad_store
+        return name
+
+    def update(keys: list[int], *, with_grad: bool) -> list[str | None]:
+        grad_of = grad if with_grad else (lambda key: None)
+        if isinstance(optimizer, NvmeShardOptimizer):
+            return optimizer.fetch_order(keys, param_name=param, grad_name=grad_of)
+        return [n for key in keys for n in (param(key), grad_of(key))]
+
+    def micro_step(*, last: bool) -> list[str | None]:
+        out = [param(key) for key, _, _ in groups]
+        for key, _, trainable in reversed(groups):
+            out.append(param(key))
+            if trainable:
+                early = last and update_in_backward
+                out += update([key], with_grad=False) if early else [grad(key)]
+        return out
+
+    trained = [key for key, _, trainable in groups if trainable]
+    named: list[str | None] = []
+    for micro in range(accumulation_steps):
+        named += micro_step(last=micro == accumulation_steps - 1)
+    if not update_in_backward:
+        named += [grad(key) for key in trained]
+        named += update(trained, with_grad=True)
+    for store in stores:
+        own = optimizer.store if isinstance(optimizer, NvmeShardOptimizer) else None
+        store.predict(
+            [(n, TierKind.HOST) for n in named if n is not None and store_of.get(n, own) is store]
+        )

@@ -303,6 +303,16 @@ class FlatParamGroup:
         if self.flat is not None:
             self.flat.copy_(full_fp32)
 
+    def repoint(self) -> None:
+        """Point the parameters back at the group's own storage: views of the gathered flat
+        buffer, or the empty placeholder while only the shard exists (after code, such as
+        ``init_context``'s gathers, pointed them elsewhere)."""
+        if self.flat is not None and self.state is GroupState.GATHERED:
+            self._point_params_at_flat()
+        else:
+            for param in self.params:
+                param.data = self._empty
+
     def _point_params_at_flat(self) -> None:
         for slot, param in zip(self.layout.slots, self.params, strict=True):
             param.data = self.flat[slot.offset : slot.offset + slot.numel].view(slot.shape)

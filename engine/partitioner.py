@@ -15,6 +15,7 @@ from tiermem.engine.comm import Communicator
 from tiermem.engine.flat_buffers import FlatBufferPool
 from tiermem.engine.partition import FlatParamGroup, GroupLayout, make_layout
 from tiermem.engine.placement import Placements, build_placements
+from tiermem.engine.rank_agreement import agree
 from tiermem.engine.settings import EngineSettings
 
 __all__ = ["Partitioner"]
@@ -68,13 +69,22 @@ class Partitioner:
         #  largest groups around it are kept.]
         window = self.settings.zero.prefetch_bucket_size + 2 * self.largest_shard * self.num_shards
         self.flat_buffers = FlatBufferPool(cap_bytes=window * self.dtype.itemsize)
-        self.placements = build_placements(
-            self.settings,
-            device=self.device,
-            rank=self.comm.rank,
-            dtype=self.dtype,
-            largest_shard=largest_shard,
-            num_shards=self.num_shards,
+        # [Note: opening the placements checks nvme_path and creates this
+        #  rank's swap directory, which can fail on one node only; agree()
+        #  raises on every rank then, naming the one that failed, instead of
+        #  leaving the others in the first broadcast until the timeout.]
+        self.placements = agree(
+            self.comm,
+            "opening the offload placements",
+            lambda: build_placements(
+                self.settings,
+                device=self.device,
+                rank=self.comm.rank,
+                dtype=self.dtype,
+                largest_shard=largest_shard,
+                num_shards=self.num_shards,
+            ),
+            undo=lambda placements: placements.close(),
         )
         return self.placements
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tiermem.adam import QUANT_BLOCK
+from tiermem.engine.config_base import ConfigError
 from tiermem.engine.grad_accum import (
     GradAccumulators,
     MemoryGradAccumulators,
@@ -51,6 +53,34 @@ class Placements:
         for store in self.stores:
             store.end_pass()
 
+    def predict(
+        self,
+        groups: list[tuple[int, int, bool]],
+        *,
+        accumulation_steps: int,
+        update_in_backward: bool,
+    ) -> None:
+        """Tell the stores the order a step is expected to fetch in, so the
+        steps before their recording prefetch too. ``groups``: ``(key, index,
+        trainable)`` in module registration order (see
+        :func:`~tiermem.engine.nvme_tiers.predict_fetch_order`)."""
+        if not self.stores:
+            return
+        from tiermem.engine.nvme_tiers import predict_fetch_order
+
+        accumulators = self.grad_accumulators
+        predict_fetch_order(
+            self.stores,
+            home=self.home,
+            optimizer=self.shard_optimizer,
+            grad_store=getattr(accumulators, "store", None)
+            if isinstance(accumulators, StoreGradAccumulators)
+            else None,
+            groups=groups,
+            accumulation_steps=accumulation_steps,
+            update_in_backward=update_in_backward,
+        )
+
     def close(self) -> None:
         """Free states and shards and close the stores (removing their scratch files)."""
         self.shard_optimizer.close()
@@ -60,6 +90,36 @@ class Placements:
         for store in self.stores:
             store.close()
         self.stores.clear()
+
+
+def _compact_optimizer(
+    settings: EngineSettings, state_dtype: str, opt_where: str, device: torch.device, store_for
+) -> ShardOptimizer:
+    """The shard optimizer for bf16 / int8 moments (tiermem.engine.compact_states)."""
+    from tiermem.engine.compact_states import CompactHostShardOptimizer, CompactNvmeShardOptimizer
+
+    zero = settings.zero
+    if opt_where == "none" and device.type != "cpu":
+        raise ConfigError(
+            f'"{state_dtype}" optimizer states need the CPU optimizer: set '
+            'zero_optimization.offload_optimizer.device to "cpu" or "nvme"',
+            path="optimizer.params.state_dtype",
+        )
+    if opt_where == "nvme":
+        return CompactNvmeShardOptimizer(
+            store_for(zero.optimizer_nvme_path, "zero_optimization.offload_optimizer.nvme_path"),
+            sub_group_size=zero.sub_group_size,
+            state_dtype=state_dtype,
+            quant_block=QUANT_BLOCK,
+            split_params=zero.sub_group_split_params,
+        )
+    return CompactHostShardOptimizer(
+        sub_group_size=zero.sub_group_size,
+        state_dtype=state_dtype,
+        quant_block=QUANT_BLOCK,
+        pin_memory=zero.pin_memory and opt_where == "cpu",
+        split_params=zero.sub_group_split_params,
+    )
 
 
 def _round_up(n: int, multiple: int = 4096) -> int:
@@ -85,7 +145,13 @@ def build_placements(
     # [Note: without sub_group_split_params a sub-group holds whole parameters, so a
     #  parameter larger than sub_group_size makes one as large as its shard.]
     largest_sub_group = zero.sub_group_size if zero.sub_group_split_params else largest_shard
-    chunk_bytes = _round_up(min(largest_sub_group, largest_shard) * 12)
+    sub_group = min(largest_sub_group, largest_shard)
+    chunk_bytes = _round_up(sub_group * 12)
+    if settings.optimizer is not None and settings.optimizer.state_dtype != "fp32":
+        from tiermem.engine.compact_states import PackedLayout
+
+        layout = PackedLayout(sub_group, settings.optimizer.state_dtype, QUANT_BLOCK)
+        chunk_bytes = _round_up(layout.nbytes)
     stores: dict[tuple[str, ...], object] = {}
     lend_bytes = 0
     if param_where == "nvme" and device.type == "cpu" and num_shards == 1:
@@ -114,6 +180,7 @@ def build_placements(
                 prefetch_bytes=prefetch,
                 pin_memory=zero.pin_memory and device.type == "cuda",
                 aio=settings.aio,
+                key=key,
             )
             stores[paths] = open_store(spec)
         return stores[paths]
@@ -132,8 +199,13 @@ def build_placements(
                 device,
                 lend_bytes=lend_bytes,
             )
-    if opt_where == "none" and device.type != "cpu":
-        shard_optimizer: ShardOptimizer = DeviceShardOptimizer(device)
+    state_dtype = settings.optimizer.state_dtype if settings.optimizer is not None else "fp32"
+    if state_dtype != "fp32":
+        shard_optimizer: ShardOptimizer = _compact_optimizer(
+            settings, state_dtype, opt_where, device, store_for
+        )
+    elif opt_where == "none" and device.type != "cpu":
+        shard_optimizer = DeviceShardOptimizer(device)
     elif opt_where == "none":
         # [Note: on a CPU-only machine the compute device *is* host memory, so
         #  "no offload" keeps the states where "cpu" offload keeps them, and the

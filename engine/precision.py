@@ -12,7 +12,9 @@
   - on overflow, first use up ``hysteresis`` (each overflow costs one), then
     halve the scale (never below ``min_loss_scale``);
   - after ``loss_scale_window`` consecutive steps without overflow, double
-    it (and restore the hysteresis budget).
+    it (and restore the hysteresis budget);
+  - with ``consecutive_hysteresis``, every step without overflow restores the
+    hysteresis budget, so only overflows in a row lower the scale.
 
   These are the semantics DeepSpeed documents for its ``fp16`` section.
 """
@@ -37,6 +39,7 @@ class PrecisionConfig:
     initial_scale_power: int = 16
     loss_scale_window: int = 1000
     hysteresis: int = 2
+    consecutive_hysteresis: bool = False
     min_loss_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -92,12 +95,14 @@ class DynamicLossScaler(LossScaler):
         initial_scale_power: int = 16,
         window: int = 1000,
         hysteresis: int = 2,
+        consecutive_hysteresis: bool = False,
         min_scale: float = 1.0,
         factor: float = 2.0,
     ) -> None:
         super().__init__(2.0**initial_scale_power)
         self.window = int(window)
         self.hysteresis = int(hysteresis)
+        self.consecutive_hysteresis = bool(consecutive_hysteresis)
         self.min_scale = float(min_scale)
         self.factor = float(factor)
         self.hysteresis_left = self.hysteresis
@@ -112,6 +117,8 @@ class DynamicLossScaler(LossScaler):
                 self.scale = max(self.scale / self.factor, self.min_scale)
             return
         self.good_steps += 1
+        if self.consecutive_hysteresis:
+            self.hysteresis_left = self.hysteresis
         if self.good_steps % self.window == 0:
             self.scale *= self.factor
             self.hysteresis_left = self.hysteresis
@@ -139,5 +146,6 @@ def make_scaler(cfg: PrecisionConfig) -> LossScaler:
         initial_scale_power=cfg.initial_scale_power,
         window=cfg.loss_scale_window,
         hysteresis=cfg.hysteresis,
+        consecutive_hysteresis=cfg.consecutive_hysteresis,
         min_scale=cfg.min_loss_scale,
     )

@@ -19,6 +19,9 @@ from tiermem.engine.precision import PrecisionConfig
 
 __all__ = ["EngineSettings", "OptimizerSettings", "ZeroSettings", "engine_settings"]
 
+#: ``sub_group_size`` 0: every shard is one optimizer sub-group
+WHOLE_SHARD = 1 << 62
+
 
 @dataclass(frozen=True, kw_only=True)
 class OptimizerSettings:
@@ -31,6 +34,7 @@ class OptimizerSettings:
     weight_decay: float
     adamw_mode: bool
     bias_correction: bool
+    state_dtype: str  # how the moments are stored: tiermem.adam.STATE_DTYPES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +110,7 @@ def engine_settings(config: Any, *, world_size: int, model: Any = None) -> Engin
             weight_decay=float(o.weight_decay),
             adamw_mode=bool(o.adamw_mode),
             bias_correction=bool(o.bias_correction),
+            state_dtype=o.state_dtype,
         )
     fp16 = cfg.fp16
     kind = "fp16" if fp16.enabled is True else "bf16" if cfg.bf16.enabled is True else "fp32"
@@ -115,6 +120,7 @@ def engine_settings(config: Any, *, world_size: int, model: Any = None) -> Engin
         initial_scale_power=int(fp16.initial_scale_power),
         loss_scale_window=int(fp16.loss_scale_window),
         hysteresis=int(fp16.hysteresis),
+        consecutive_hysteresis=bool(fp16.consecutive_hysteresis),
         min_loss_scale=float(fp16.min_loss_scale),
     )
     from tiermem.engine.auto_placement import resolve_auto_placement
@@ -139,7 +145,10 @@ def engine_settings(config: Any, *, world_size: int, model: Any = None) -> Engin
         param_buffer_count=op.buffer_count,
         param_buffer_size=op.buffer_size,
         optimizer_buffer_count=oo.buffer_count,
-        sub_group_size=z.sub_group_size,
+        # [Note: DeepSpeed's sub_group_size 0 makes each parameter a sub-group of its
+        #  own; tiermem keeps integ's meaning, "no bound": a module group's whole
+        #  shard is one sub-group (whole parameters, so split_params has nothing to cut).]
+        sub_group_size=z.sub_group_size or WHOLE_SHARD,
         sub_group_split_params=z.sub_group_split_params,
         prefetch_bucket_size=int(z.stage3_prefetch_bucket_size),
         max_live_parameters=z.stage3_max_live_parameters,

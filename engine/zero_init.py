@@ -10,11 +10,14 @@ Inside the context every module's own parameters are partitioned (stage 3:
 flat group, this rank's shard into the parameter tier, fp32 master into the
 optimizer tier) once the module's parent has been registered in turn, so a
 module's ``__init__`` may still initialise its direct children's parameters.
-``Module.apply`` (what Hugging Face's ``post_init`` and most ``_init_weights``
-code use) gathers each module's parameters around the function and stores
-the new values after it. The root module's own parameters and those of its
-direct children are partitioned by :func:`tiermem.initialize`, which adopts
-the groups built here.
+``Module.apply`` (what most ``_init_weights`` code uses), and the per-module
+init methods named in ``module_inits`` (Hugging Face's, see
+:mod:`tiermem.hf.model_init`), run with the module's own and its direct
+children's parameters gathered in fp32 and store the new values after it: the
+random numbers are drawn in the same order, on the same full tensors, as in an
+eager build, so the weights are the same bit for bit. The root module's own
+parameters and those of its direct children are partitioned by
+:func:`tiermem.initialize`, which adopts the groups built here.
 
 Code that changes already partitioned parameters outside ``apply`` must do
 it inside :meth:`InitContext.gathered`; otherwise it sees empty tensors and
@@ -28,6 +31,7 @@ on the parameters; a dict keyed by tensors would compare them elementwise.]
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -39,12 +43,21 @@ from torch.nn.modules import module as torch_module
 from tiermem.engine.comm import Communicator, init_distributed_from_env
 from tiermem.engine.partition import FlatParamGroup, ParamSlot
 from tiermem.engine.partitioner import Partitioner
-from tiermem.engine.settings import engine_settings
+from tiermem.engine.rank_agreement import agreed_settings
 
-__all__ = ["InitContext", "context_of"]
+__all__ = ["InitContext", "context_of", "init_targets"]
 
 #: id(parameter) -> (weak reference to it, the context that partitioned it)
 _REGISTRY: dict[int, tuple[weakref.ref, InitContext]] = {}
+
+
+def init_targets(module: nn.Module) -> list[nn.Parameter]:
+    """What a per-module init function may write: the module's own parameters and its
+    direct children's (``_init_weights`` code such as T5's sets ``module.wi.weight``)."""
+    params = list(module.parameters(recurse=False))
+    for child in module.children():
+        params.extend(child.parameters(recurse=False))
+    return params
 
 
 def context_of(model: nn.Module) -> InitContext | None:
@@ -59,12 +72,17 @@ def context_of(model: nn.Module) -> InitContext | None:
 class InitContext:
     """Partitions parameters while a model is built; see the module docstring."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, *, module_inits: Iterable[tuple[type, str]] = ()) -> None:
+        """``module_inits``: ``(class, method name)`` or ``(class, method name, skip)``
+        of per-module init methods called as ``method(owner, module, ...)`` (Hugging
+        Face's ``PreTrainedModel._initialize_weights``); inside the context each runs
+        with :func:`init_targets` of its ``module`` gathered, unless ``skip(module)``
+        says the call will not touch them."""
         from tiermem.engine.engine import compute_device
 
         init_distributed_from_env()
         self.comm = Communicator()
-        self.settings = engine_settings(config, world_size=self.comm.world_size)
+        self.settings = agreed_settings(self.comm, config)
         if self.settings.zero.stage != 3:
             raise ValueError(
                 "init_context partitions parameters, which needs zero_optimization.stage 3 "
@@ -85,6 +103,11 @@ class InitContext:
         self._pending: list[weakref.ref] = []  # registered modules whose own params wait
         self._handle = None
         self._saved_apply = None
+        self._module_inits = tuple(module_inits)
+        for owner, name, *_ in self._module_inits:
+            if not callable(owner.__dict__.get(name)):
+                raise TypeError(f"module_inits: {owner.__name__} defines no method {name!r}")
+        self._saved_inits: list[tuple[type, str, Any]] = []
         self._handed_over = False
 
     # -- the context ------------------------------------------------------------------------
@@ -98,14 +121,36 @@ class InitContext:
         def apply(module: nn.Module, fn):
             for child in module.children():
                 child.apply(fn)
-            with context.gathered(module, recurse=False):
+            with context.gathered(*init_targets(module)):
                 fn(module)
             return module
 
         nn.Module.apply = apply
+        self._saved_inits = []
+        for owner, name, *skip in self._module_inits:
+            original = owner.__dict__[name]
+            self._saved_inits.append((owner, name, original))
+            setattr(owner, name, self._gathering(original, skip[0] if skip else None))
         return self
 
+    def _gathering(self, method: Any, skip: Any = None) -> Any:
+        """``method(self_, module, ...)`` run with ``module``'s init targets gathered (not
+        where ``skip(module)`` says the method will not touch them)."""
+        context = self
+
+        @functools.wraps(method)
+        def run(owner: Any, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            if skip is not None and skip(module):
+                return method(owner, module, *args, **kwargs)
+            with context.gathered(*init_targets(module)):
+                return method(owner, module, *args, **kwargs)
+
+        return run
+
     def __exit__(self, *exc: Any) -> None:
+        for owner, name, original in reversed(self._saved_inits):
+            setattr(owner, name, original)
+        self._saved_inits = []
         nn.Module.apply = self._saved_apply
         self._handle.remove()
         for ref in self._pending:
@@ -148,7 +193,14 @@ class InitContext:
         self, *targets: nn.Module | nn.Parameter | Iterable, recurse: bool = True
     ) -> Iterator[None]:
         """Gather the partitioned parameters of ``targets`` (modules or parameters) for the
-        block; whatever the block writes into them is partitioned again afterwards."""
+        block; whatever the block writes into them is partitioned again afterwards.
+
+        [Note: the block sees fp32 values rebuilt from the fp32 master shards (the
+        compute-dtype shard for frozen groups), not the compute-dtype copy: init code
+        then writes fp32 values as it would into an eagerly built model, and the
+        masters keep them unrounded under bf16/fp16, bit for bit what
+        :func:`tiermem.initialize` would have made of the eager model.]
+        """
         params: list[nn.Parameter] = []
         for target in targets:
             if isinstance(target, nn.Module):
@@ -162,16 +214,32 @@ class InitContext:
             group = self._owner.get(id(param))
             if group is not None and group not in groups:
                 groups.append(group)
-        for group in groups:
-            group.acquire()
+        fulls = []
         try:
             with torch.no_grad():
+                for group in groups:
+                    full = self._full_fp32(group)
+                    for slot, param in zip(group.layout.slots, group.params, strict=True):
+                        param.data = full[slot.offset : slot.offset + slot.numel].view(slot.shape)
+                    fulls.append(full)
                 yield
         finally:
             with torch.no_grad():
+                for group, full in zip(groups, fulls, strict=False):
+                    self.partitioner.reinstall(group, full)
                 for group in groups:
-                    self.partitioner.reinstall(group, group.flatten_fp32())
-                    group.release()
+                    group.repoint()
+
+    def _full_fp32(self, group: FlatParamGroup) -> torch.Tensor:
+        """The group's whole padded flat values in fp32 on the compute device."""
+        lay = group.layout
+        if group.trainable:
+            shard = self.partitioner.placements.shard_optimizer.state(group.key)["master"]
+        else:
+            shard = group.shard_values()
+        full = torch.empty(lay.padded_numel, dtype=torch.float32, device=self.device)
+        self.comm.all_gather_flat(full, shard.to(device=self.device, dtype=torch.float32))
+        return full
 
     # -- hand-over to the engine -------------------------------------------------------------
     def check_compatible(self, settings: Any) -> None:

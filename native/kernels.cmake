@@ -10,8 +10,9 @@ list(APPEND TM_SOURCES
   native/src/adam.c
   native/src/adam_pool.c
   native/src/adam_scalar.c
+  native/src/adam_quant.c
 )
-set_source_files_properties(native/src/adam_scalar.c native/src/adam.c
+set_source_files_properties(native/src/adam_scalar.c native/src/adam.c native/src/adam_quant.c
   PROPERTIES COMPILE_OPTIONS "-ffp-contract=off")
 
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")

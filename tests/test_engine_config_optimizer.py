@@ -18,10 +18,11 @@ def test_deepspeed_adam_decouples_weight_decay_by_default():
     assert optimizer("ADAMW").type == "AdamW" and optimizer("adam").type == "Adam"
 
 
-def test_adamw_with_adam_w_mode_false_is_an_error():
-    with pytest.raises(ConfigError) as info:
-        optimizer("AdamW", adam_w_mode=False)
-    assert info.value.path == "optimizer.params.adam_w_mode"
+def test_adamw_with_adam_w_mode_false_stays_adamw_with_a_warning():
+    # DeepSpeed: effective_adam_w_mode = (type == AdamW) or adam_w_mode; its test_adamw.py
+    # expects ["AdamW", ..., adam_w_mode False] -> an optimizer with adam_w_mode True
+    with pytest.warns(ConfigWarning, match='for L2-style decay write "type": "Adam"'):
+        assert optimizer("AdamW", adam_w_mode=False).adamw_mode is True
 
 
 def test_defaults_match_deepspeed():

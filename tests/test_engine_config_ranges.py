@@ -21,16 +21,20 @@ from tiermem.engine.config import ConfigError, parse_config
         ({"fp16": {"hysteresis": 0}}, "fp16.hysteresis", ">= 1"),
         ({"fp16": {"initial_scale_power": 200}}, "fp16.initial_scale_power", "in [0, 127]"),
         (
-            {"zero_optimization": {"offload_param": {"buffer_count": 0}}},
+            {"zero_optimization": {"offload_param": {"buffer_count": -1}}},
             "zero_optimization.offload_param.buffer_count",
-            ">= 1",
+            ">= 0",
         ),
         (
             {"zero_optimization": {"stage": 3, "offload_optimizer": {"ratio": 1.5}}},
             "zero_optimization.offload_optimizer.ratio",
             "in [0, 1]",
         ),
-        ({"zero_optimization": {"sub_group_size": 0}}, "zero_optimization.sub_group_size", ">= 1"),
+        (
+            {"zero_optimization": {"sub_group_size": -1}},
+            "zero_optimization.sub_group_size",
+            ">= 0",
+        ),
         (
             {"optimizer": {"type": "Adam", "params": {"betas": [0.9, 1.0]}}},
             "optimizer.params.betas",

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tiermem.engine.checkpoint_format import (
+    STAGING_MARKER,
     CheckpointCorruptError,
     commit_staging,
     prepare_staging,
@@ -49,6 +50,7 @@ def test_overwriting_a_tag_replaces_it_whole(tmp_path):
 def test_leftovers_of_interrupted_saves_are_removed(tmp_path):
     _save(tmp_path, "a", "a")
     (tmp_path / ".b.tmp").mkdir()
+    (tmp_path / ".b.tmp" / STAGING_MARKER).write_text("")  # made by prepare_staging
     (tmp_path / ".b.tmp" / "rank00000.safetensors").write_bytes(b"partial")
     (tmp_path / ".latest.tmp").write_text("b")
     _save(tmp_path, "c", "c")

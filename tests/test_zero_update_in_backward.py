@@ -11,9 +11,12 @@ import tiermem
 
 
 def _changed_by_backward(cfg: dict) -> tuple[bool, bool]:
-    """Whether backward alone changed the parameters; whether step() then changed them."""
+    """Whether backward alone changed the parameters; whether step() then changed them
+    (on the second step: the first shows the engine one backward per step)."""
     engine, _, _, _ = tiermem.initialize(model=make_model(), config=cfg)
     idx, tgt = make_batches(1)[0]
+    engine.backward(engine(idx, tgt))
+    engine.step()
     before = engine.full_state_dict()
     engine.backward(engine(idx, tgt))
     after_backward = engine.full_state_dict()
@@ -34,10 +37,23 @@ def test_clipping_waits_for_step():
     assert _changed_by_backward(config(stage=3, offload="cpu", clip=1.0)) == (False, True)
 
 
-def test_second_backward_before_step_is_refused():
+def test_first_step_does_not_update_in_backward():
+    """The engine cannot know yet whether another backward will follow before step()."""
+    engine, _, _, _ = tiermem.initialize(model=make_model(), config=config(stage=3))
+    idx, tgt = make_batches(1)[0]
+    before = engine.full_state_dict()
+    engine.backward(engine(idx, tgt))
+    after = engine.full_state_dict()
+    engine.close()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_switching_to_two_backwards_after_overlapped_steps_is_refused():
     engine, _, _, _ = tiermem.initialize(model=make_model(), config=config(stage=2))
     idx, tgt = make_batches(1)[0]
     engine.backward(engine(idx, tgt))
+    engine.step()
+    engine.backward(engine(idx, tgt))  # updated in backward now
     with pytest.raises(RuntimeError, match="before engine.step"):
         engine.backward(engine(idx, tgt))
     engine.close()

@@ -30,8 +30,12 @@ def initialize(*args, **kwargs):
 def init_context(*args, **kwargs):
     """Build a model partitioned as it is created, like ``deepspeed.zero.Init``.
 
-    See :func:`tiermem.engine.init_context`.
+    See :func:`tiermem.engine.init_context`. Hugging Face models (transformers
+    imported before the context is created) get exactly the weights an eager
+    build gives: see :mod:`tiermem.hf.model_init`.
     """
     from tiermem.engine import init_context as _init_context
+    from tiermem.hf.model_init import module_init_methods
 
+    kwargs.setdefault("module_inits", module_init_methods())
     return _init_context(*args, **kwargs)

@@ -130,7 +130,12 @@ class _Native:
                 h = include / name
                 if h.is_file():
                     ffi.cdef(header_cdef(h.read_text()))
-            lib = ffi.dlopen(str(path))
+            # [Note: RTLD_NODELETE: cffi unloads the library when its handle is
+            #  freed, which interpreter finalization does while engine, I/O and
+            #  Adam worker threads are still parked inside its code; one woken
+            #  (an I/O completion) before the process ends then jumps into
+            #  unmapped memory (SIGSEGV at exit). Kept mapped, it is harmless.]
+            lib = ffi.dlopen(str(path), ffi.RTLD_NOW | ffi.RTLD_NODELETE)
         except NativeLibraryError as exc:
             self._error = exc
             raise

@@ -21,6 +21,7 @@ through the page cache, byte-exact.
 
 from __future__ import annotations
 
+import errno as errno_mod
 import os
 import threading
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ BACKENDS = ("auto", "io_uring", "libaio", "threads")
 DIRECT_MODES = ("auto", "on", "off")
 _BACKEND_IDS = {name: i for i, name in enumerate(BACKENDS)}
 _DIRECT_IDS = {"auto": 0, "on": 1, "off": 2}
+# [Note: waits on a request are sliced so that the interpreter runs signal
+#  handlers between slices (Ctrl-C raises KeyboardInterrupt within a slice);
+#  the native wait releases the GIL during each slice.]
+WAIT_SLICE_NS = 100_000_000
 _OPEN_READ, _OPEN_WRITE, _OPEN_CREATE, _OPEN_EXCL, _OPEN_TRUNC, _OPEN_NOFOLLOW = 1, 2, 4, 8, 16, 32
 _MODES = {
     "r": _OPEN_READ,
@@ -121,10 +126,17 @@ class AioRequest:
         self._lock = threading.Lock()
 
     def _finish(self) -> None:
-        # Called with self._lock held once the C request has completed.
+        # Called with self._lock held; returns once the C request has completed.
         ffi, lib = native.ffi, native.lib
         err_off = ffi.new("int64_t *")
-        res = lib.tm_request_wait(self._handle, err_off)
+        result = ffi.new("int64_t *")
+        while True:
+            rc = lib.tm_request_wait_for(self._handle, WAIT_SLICE_NS, result, err_off)
+            if rc == 1:
+                break
+            if rc < 0:
+                raise self._file._foreign_error(-rc)
+        res = result[0]
         lib.tm_request_free(self._handle)
         self._handle = None
         self._buf = None
@@ -168,7 +180,10 @@ class AioRequest:
         with self._lock:
             if self._handle is None:
                 return True
-            return bool(native.lib.tm_request_poll(self._handle))
+            rc = native.lib.tm_request_poll(self._handle)
+            if rc < 0:
+                raise self._file._foreign_error(-rc)
+            return bool(rc)
 
 
 class AioFile:
@@ -220,7 +235,11 @@ class AioFile:
         self.direct: bool = bool(info.direct)
         self.reason: str = ffi.string(info.reason).decode()
         self._lock = threading.Lock()
+        # [Note: close and submit exclude each other: a submit that passed the
+        #  closed-check must not reach the C library after tm_file_close.]
+        self._io_lock = threading.Lock()
         self._outstanding: set[AioRequest] = set()
+        self._pid = os.getpid()
 
     # ---- lifecycle ----
     def _handle(self):
@@ -228,19 +247,42 @@ class AioFile:
             raise ValueError(f"I/O on closed AioFile {self.path}")
         return self._f
 
+    def _foreign_error(self, errno: int) -> OSError:
+        if errno == errno_mod.ECHILD:
+            return OSError(
+                errno,
+                f"{self.path} was opened by process {self._pid} and is used in process "
+                f"{os.getpid()} (inherited across fork): its I/O engine runs only in the "
+                "process that opened it; open the file again in this process",
+                str(self.path),
+            )
+        return OSError(errno, f"{os.strerror(errno)}: waiting on I/O of {self.path}")
+
     def close(self) -> None:
-        """Wait for outstanding requests (errors are left on them) and close."""
+        """Wait for outstanding requests (errors are left on them) and close.
+
+        In a forked child only the child's copies of the descriptors are closed:
+        the parent's requests and engine are not the child's to wait for.
+        """
         if getattr(self, "_f", None) is None:
             return
-        with self._lock:
-            pending = list(self._outstanding)
-        for r in pending:
-            try:
-                r.wait()
-            except OSError:
-                pass
-        native.lib.tm_file_close(self._f)
-        self._f = None
+        if os.getpid() != self._pid:
+            # Not under _io_lock: another thread of the parent may have held it at fork.
+            native.lib.tm_file_close(self._f)  # -ECHILD: closes the child's fds only
+            self._f = None
+            return
+        with self._io_lock:
+            if self._f is None:
+                return
+            with self._lock:
+                pending = list(self._outstanding)
+            for r in pending:
+                try:
+                    r.wait()
+                except OSError:
+                    pass
+            native.lib.tm_file_close(self._f)
+            self._f = None
 
     def __enter__(self) -> AioFile:
         return self
@@ -265,19 +307,27 @@ class AioFile:
         addr, nbytes = buffer_address(buf, writable=(op == "read"))
         ffi, lib = native.ffi, native.lib
         out = ffi.new("tm_request **")
-        rc = lib.tm_file_submit(
-            self._handle(), 0 if op == "read" else 1, ffi.cast("void *", addr), nbytes, offset, out
-        )
-        if rc < 0:
-            raise OSError(
-                -rc,
-                f"{os.strerror(-rc)}: submitting {op} of {nbytes} bytes at offset "
-                f"{offset} of {self.path}",
-                str(self.path),
+        with self._io_lock:
+            rc = lib.tm_file_submit(
+                self._handle(),
+                0 if op == "read" else 1,
+                ffi.cast("void *", addr),
+                nbytes,
+                offset,
+                out,
             )
-        req = AioRequest(self, out[0], buf, op, offset, nbytes)
-        with self._lock:
-            self._outstanding.add(req)
+            if rc == -errno_mod.ECHILD:
+                raise self._foreign_error(-rc)
+            if rc < 0:
+                raise OSError(
+                    -rc,
+                    f"{os.strerror(-rc)}: submitting {op} of {nbytes} bytes at offset "
+                    f"{offset} of {self.path}",
+                    str(self.path),
+                )
+            req = AioRequest(self, out[0], buf, op, offset, nbytes)
+            with self._lock:
+                self._outstanding.add(req)
         return req
 
     def submit_read(self, buf, offset: int = 0) -> AioRequest:
@@ -342,10 +392,22 @@ class AioFile:
     def latencies_recorded(self) -> int:
         return int(native.lib.tm_file_latency_count(self._handle()))
 
-    def inject_faults(self, *, fail_nth: int = 0, errno: int = 5, short_every: int = 0) -> None:
+    def inject_faults(
+        self,
+        *,
+        fail_nth: int = 0,
+        errno: int = 5,
+        short_every: int = 0,
+        refuse_submits: int = 0,
+        refuse_errno: int = errno_mod.EAGAIN,
+    ) -> None:
         """Test hook: fail the ``fail_nth`` next piece with ``errno``; report
-        every ``short_every``-th piece as a short transfer."""
-        native.lib.tm_file_inject(self._handle(), fail_nth, errno, short_every)
+        every ``short_every``-th piece as a short transfer; refuse the next
+        ``refuse_submits`` kernel submissions with ``refuse_errno`` (EAGAIN:
+        the engine backs off and retries)."""
+        lib = native.lib
+        lib.tm_file_inject(self._handle(), fail_nth, errno, short_every)
+        lib.tm_file_inject_submit(self._handle(), 0, refuse_submits, refuse_errno)
 
     def __repr__(self) -> str:
         state = "closed" if self._f is None else f"{self.backend}, direct={self.direct}"

@@ -97,7 +97,14 @@ class HostBuffer:
         """A numpy array over the first bytes of this buffer (no copy)."""
         self._check()
         dtype = np.dtype(dtype)
-        count = self.nbytes // dtype.itemsize if shape is None else int(np.prod(shape))
+        count = (
+            self.nbytes // dtype.itemsize if shape is None else int(np.prod(shape, dtype=np.int64))
+        )
+        if count < 0 or count * dtype.itemsize > self.nbytes:
+            raise ValueError(
+                f"shape {shape} of {dtype} needs {count * dtype.itemsize} bytes, "
+                f"buffer has {self.nbytes}"
+            )
         arr = np.frombuffer(native.ffi.buffer(self._mem, count * dtype.itemsize), dtype=dtype)
         return arr.reshape(shape) if shape is not None else arr
 

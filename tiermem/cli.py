@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
@@ -298,7 +299,9 @@ def _add_train(sub) -> None:
         "download (the Python standard library's docstrings), ZeRO stage 3 with parameters "
         "and optimizer states offloaded to NVMe in a scratch directory. Shows step, loss, "
         "tokens/s, per-tier traffic and I/O stalls; saves a checkpoint at the end and prints "
-        "a summary. Exit codes: 0 ok, 1 failure, 2 bad arguments or config.",
+        "a summary. Under torchrun (torchrun --nproc_per_node N -m tiermem.cli train) each "
+        "rank trains on its slice of every batch and rank 0 alone prints. Exit codes: 0 ok, "
+        "1 failure, 2 bad arguments or config.",
     )
     p.add_argument(
         "--model",
@@ -309,6 +312,21 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--steps", type=_positive_int, default=200, help="optimizer steps (default 200)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of weights and batches (default 0)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="sequences per optimizer step over all ranks (train_batch_size); each rank "
+        "takes batch-size / (grad-accum x ranks) per micro-batch, so the same value gives "
+        "the same loss curve on any number of ranks (default: 8 per rank and micro-batch)",
+    )
+    p.add_argument(
+        "--grad-accum",
+        type=_positive_int,
+        default=None,
+        help="micro-batches per optimizer step on each rank (gradient_accumulation_steps; "
+        "default 1)",
+    )
     p.add_argument(
         "--config",
         type=Path,
@@ -369,22 +387,46 @@ def _check_train_args(args) -> None:
         raise UsageError(f"tiermem train: --config: {args.config}: {what}")
     if args.resume and not args.checkpoint_dir.is_dir():
         raise UsageError(f"tiermem train: --resume: no checkpoint directory {args.checkpoint_dir}")
+    world = _world_size()
+    per_step = (args.grad_accum or 1) * world
+    if args.config is None and args.batch_size is not None and args.batch_size % per_step:
+        ranks = f" x {world} ranks" if world > 1 else ""
+        raise UsageError(
+            f"tiermem train: --batch-size {args.batch_size} is not a multiple of "
+            f"--grad-accum ({args.grad_accum or 1}){ranks}"
+        )
+
+
+def _world_size() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when unset or not a number)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or "1"))
+    except ValueError:
+        return 1
+
+
+def _rank_prefix() -> str:
+    """``[rank R/N] `` under torchrun with several ranks, else nothing: every rank prints
+    its own errors, and the reader must know whose they are."""
+    world = _world_size()
+    return f"[rank {os.environ.get('RANK', '?')}/{world}] " if world > 1 else ""
 
 
 class _TrainProgress:
     """Step progress on stderr: a rich bar on a terminal, a line per tenth of the run otherwise."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, *, show: bool = True) -> None:
         from rich.console import Console
 
         self.total = total
+        self.show = show  # with several ranks only rank 0 shows progress
         self.console = Console(stderr=True)
         self.progress = None
         self.every = max(1, total // 10)
         self.first: int | None = None
 
     def __enter__(self) -> _TrainProgress:
-        if self.console.is_terminal:
+        if self.show and self.console.is_terminal:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -417,6 +459,8 @@ class _TrainProgress:
             self.progress.update(self.task, completed=first_step)
 
     def step(self, record) -> None:
+        if not self.show:
+            return
         parts = [f"loss {record.loss:.3f}", f"{record.tokens_per_second:,.0f} tok/s"]
         if record.seconds > 0:
             parts += [
@@ -457,7 +501,7 @@ class _GracefulStop:
             raise KeyboardInterrupt
         self.requested = True
         print(
-            "\ntiermem train: stopping after this step (Ctrl-C again to stop now)",
+            f"\n{_rank_prefix()}tiermem train: stopping after this step (Ctrl-C again to stop now)",
             file=sys.stderr,
             flush=True,
         )
@@ -473,9 +517,29 @@ def _warn_lines(caught: list) -> None:
 
 
 def _run_train(args) -> int:
+    import torch.distributed as dist
+
+    from tiermem.engine.comm import Communicator, init_distributed_from_env
+    from tiermem.engine.rank_agreement import agree
+
+    # [Note: under torchrun the process group starts first, so that an argument
+    #  that is wrong on one node only (--nvme-path missing there) stops every
+    #  rank with an error naming that rank, instead of leaving the others
+    #  waiting at the first collective until the process group times out.]
+    ours = not (dist.is_available() and dist.is_initialized())
+    init_distributed_from_env()
+    comm = Communicator()
+    try:
+        agree(comm, "checking the command line", lambda: _check_train_args(args))
+        return _train_rank(args, comm)
+    finally:
+        if ours and comm.world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train_rank(args, comm) -> int:
     import warnings
 
-    _check_train_args(args)
     from tiermem.engine.config import ConfigError
     from tiermem.train.loop import CheckpointUnavailable, ResumeError, TrainOptions, train
     from tiermem.train.report import check_plotting, format_summary, run_json, write_report
@@ -495,16 +559,21 @@ def _run_train(args) -> int:
         keep=args.keep,
         checkpoint_dir=None if args.no_checkpoint else args.checkpoint_dir,
         resume=args.resume,
+        batch_size=args.batch_size,
+        accumulation=args.grad_accum,
     )
+    lead = comm.rank == 0  # with several ranks, rank 0 alone prints progress and summary
     with (
         warnings.catch_warnings(record=True) as caught,
-        _TrainProgress(args.steps) as bar,
+        _TrainProgress(args.steps, show=lead) as bar,
         _GracefulStop() as stop,
     ):
         warnings.simplefilter("default")
 
         def on_start(result) -> None:
-            _warn_lines(caught)
+            if lead:
+                _warn_lines(caught)
+            caught.clear()
             bar.start(result.start_step)
 
         try:
@@ -515,7 +584,16 @@ def _run_train(args) -> int:
             raise UsageError(f"tiermem train: {exc}") from exc
         except CheckpointUnavailable as exc:
             raise CliError(f"tiermem train: {exc}") from exc
-        _warn_lines(caught)
+        if lead:
+            _warn_lines(caught)
+    if result.checkpoint.get("failed"):
+        print(
+            f"{_rank_prefix()}tiermem train: checkpoint {result.checkpoint['reason']}",
+            file=sys.stderr,
+        )
+    status = 130 if result.interrupted else EXIT_FAILURE if result.checkpoint.get("failed") else 0
+    if not lead:
+        return status
     doc = run_json(result, history=False)
     if args.report is not None:
         doc["files"] = write_report(result, args.report)
@@ -524,12 +602,8 @@ def _run_train(args) -> int:
     else:
         print("\n".join(format_summary(doc)))
     if result.interrupted:
-        print("tiermem: interrupted", file=sys.stderr)
-        return 130
-    if result.checkpoint.get("failed"):
-        print(f"tiermem train: checkpoint {result.checkpoint['reason']}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_OK
+        print(_interrupted_message(), file=sys.stderr)
+    return status
 
 
 # ---- tiermem export ----
@@ -619,8 +693,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt
+class _OnSigterm:
+    """SIGTERM unwinds like Ctrl-C (through ``finally``, so scratch files go); remembers it came."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+
+def _interrupted_message() -> str:
+    handler = signal.getsignal(signal.SIGTERM)
+    if _world_size() > 1 and getattr(handler, "seen", False):
+        return (
+            f"{_rank_prefix()}tiermem: interrupted by SIGTERM (torchrun sends it to every "
+            "rank when one of them fails; its report names that rank)"
+        )
+    return f"{_rank_prefix()}tiermem: interrupted"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -633,25 +724,25 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         # Ctrl-C and SIGTERM both unwind through `finally`, so scratch files go.
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, _OnSigterm())
         return args.func(args)
     except UsageError as exc:
         if debug:
             raise
-        print(str(exc), file=sys.stderr)
+        print(f"{_rank_prefix()}{exc}", file=sys.stderr)
         return EXIT_USAGE
     except CliError as exc:
         if debug:
             raise
-        print(str(exc), file=sys.stderr)
+        print(f"{_rank_prefix()}{exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("tiermem: interrupted", file=sys.stderr)
+        print(_interrupted_message(), file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's one-line error contract
         if debug:
             raise
-        print(f"tiermem: error: {exc}", file=sys.stderr)
+        print(f"{_rank_prefix()}tiermem: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -114,6 +114,12 @@ def add_plan(sub) -> None:
         help="compute dtype (bf16 on CUDA, else fp32)",
     )
     p.add_argument(
+        "--state-dtype",
+        choices=("fp32", "bf16", "int8"),
+        default="fp32",
+        help="how Adam's moments are stored (optimizer.params.state_dtype; fp32)",
+    )
+    p.add_argument(
         "--nvme-path",
         type=Path,
         default=Path("."),
@@ -244,6 +250,7 @@ def run_plan(args) -> int:
         dtype_bytes=_DTYPES[dtype],
         memory_fraction=args.memory_fraction,
         model_built_on_host=not args.init_context,
+        state_dtype=args.state_dtype,
     )
     result = planning.plan(shape, machine, settings)
     saved = load_bench_result(args.bench_file)

@@ -69,6 +69,53 @@ TM_API void tm_adam_config_default(tm_adam_config *cfg);
  * (a forced simd the CPU lacks). */
 TM_API int tm_adam_step(const tm_adam_config *cfg, int64_t n, float *param, float *exp_avg, float *exp_avg_sq, const void *grad, int grad_dtype, void *param_out, int out_dtype, int *overflow);
 
+/* How the moments of tm_adam_step_states are stored. Master parameters are
+ * always fp32; the update itself is computed in fp32 in every case.
+ *  FLOAT32: float[n] each (what tm_adam_step does).
+ *  BFLOAT16: uint16_t[n] bf16 bit patterns, rounded to nearest even after
+ *    each update.
+ *  INT8: uint8_t[n] codes, block-wise dynamic quantization (Dettmers et al.,
+ *    "8-bit Optimizers via Block-wise Quantization"): each run of `block`
+ *    elements keeps its absolute maximum as an fp32 scale and each element
+ *    the index (0..255) of the nearest entry of a 256-value map, in ascending
+ *    order. exp_avg uses the signed map, exp_avg_sq the unsigned one
+ *    (tm_adam_quant_map). */
+typedef enum tm_state_dtype {
+    TM_STATE_FLOAT32 = 0,
+    TM_STATE_BFLOAT16 = 1,
+    TM_STATE_INT8 = 2
+} tm_state_dtype;
+
+typedef struct tm_adam_state {
+    int dtype;                  /* tm_state_dtype */
+    int64_t block;              /* INT8: elements per scale, a multiple of 64 in [256, 2048] */
+    void *exp_avg;              /* n elements of the state dtype */
+    void *exp_avg_sq;
+    float *exp_avg_absmax;      /* INT8: ceil(n / block) scales; else unused */
+    float *exp_avg_sq_absmax;
+} tm_adam_state;
+
+/* tm_adam_step with moments stored as state->dtype (above). The same
+ * gradient, overflow, clipping and param_out handling; FLOAT32 is exactly
+ * tm_adam_step. For INT8 the call must start at a block boundary (element 0
+ * of the block numbering); the last block may be short. Returns 0 or
+ * -EINVAL / -ENOTSUP. */
+TM_API int tm_adam_step_states(const tm_adam_config *cfg, int64_t n, float *param, const tm_adam_state *state, const void *grad, int grad_dtype, void *param_out, int out_dtype, int *overflow);
+
+/* The 256-entry dynamic quantization map (ascending) and the 255 midpoints
+ * between neighbours that decide the nearest code (a value equal to a
+ * midpoint takes the lower code); is_signed selects the exp_avg map, else the
+ * exp_avg_sq map. mid receives 256 floats (the last is +inf). */
+TM_API int tm_adam_quant_map(int is_signed, float *map, float *mid);
+
+/* Block-wise quantization as the INT8 step stores it, and its inverse (for
+ * conversions, e.g. checkpoints saved with another state dtype). */
+TM_API int tm_quantize_blockwise(const float *x, int64_t n, int64_t block, int is_signed, uint8_t *codes, float *absmax);
+/* Codes of n normalized values with the quantizer of kernel set simd (tm_simd;
+ * AUTO for the process-wide one): the same codes from every set (tests). */
+TM_API int tm_quant_codes(int simd, const float *x, int64_t n, int is_signed, uint8_t *codes);
+TM_API int tm_dequantize_blockwise(const uint8_t *codes, const float *absmax, int64_t n, int64_t block, int is_signed, float *x);
+
 /* Sum of squares of n gradient elements (fp32, bf16 or fp16), accumulated in
  * double, in one read. A non-finite element makes the result inf or NaN.
  * simd: tm_simd (AUTO for the process-wide choice); threads: 0 = pool size. */

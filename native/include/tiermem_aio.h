@@ -9,6 +9,14 @@
  * Conventions: every function returning int returns 0 (or a count) on
  * success and a negative errno on failure. Functions are thread-safe.
  *
+ * Lifetime: requests hold a reference to their file, so tm_request_wait,
+ * tm_request_poll and tm_request_free stay valid after tm_file_close (which
+ * lets every submitted request finish first); no other call may follow
+ * tm_file_close. A file belongs to the process that opened it: in a forked
+ * child every call returns -ECHILD (tm_file_close closes the child's copies
+ * of the descriptors and nothing else). The engine and worker threads block
+ * every signal, so signals go to the caller's threads.
+ *
  * This header is also read by the Python loader (cffi): keep declarations in
  * plain C, one per line group, no macros inside declarations.
  */
@@ -65,7 +73,11 @@ typedef struct tm_file tm_file;
 typedef struct tm_request tm_request;
 
 /* Environment variables read by tm_file_open when the config says AUTO:
- * TIERMEM_AIO_BACKEND=io_uring|libaio|threads, TIERMEM_AIO_DIRECT=0|1. */
+ * TIERMEM_AIO_BACKEND=io_uring|libaio|threads, TIERMEM_AIO_DIRECT=0|1.
+ * O_DIRECT is used only where statx(STATX_DIOALIGN) reports alignments of at
+ * most 4096 bytes (or reports none); otherwise I/O is buffered and
+ * tm_file_info.reason says why. For tests, TIERMEM_AIO_DIO_ALIGN=MEM:OFFSET
+ * stands in for the kernel's answer. */
 TM_API void tm_file_config_default(tm_file_config *cfg);
 TM_API int tm_file_open(const char *path, int flags, const tm_file_config *cfg, tm_file **out);
 TM_API int tm_file_info_get(tm_file *f, tm_file_info *out);
@@ -86,6 +98,10 @@ TM_API int tm_file_submit(tm_file *f, int op, void *buf, int64_t len, int64_t of
 /* Block until done. Returns bytes transferred, or a negative errno; on error
  * *err_offset (if not NULL) receives the file offset of the failed piece. */
 TM_API int64_t tm_request_wait(tm_request *r, int64_t *err_offset);
+/* Wait at most timeout_ns (< 0: no limit). Returns 1 when done (*result gets
+ * what tm_request_wait returns), 0 if still in flight, -ECHILD in a forked
+ * child. Callers that must stay interruptible wait in slices. */
+TM_API int tm_request_wait_for(tm_request *r, int64_t timeout_ns, int64_t *result, int64_t *err_offset);
 /* 1 if done, 0 if still in flight. */
 TM_API int tm_request_poll(tm_request *r);
 /* The caller's reference is dropped; safe before completion. */
@@ -104,6 +120,11 @@ TM_API int64_t tm_file_latency_count(tm_file *f);
  * disables) reports a short transfer of half its length, which the engine
  * must complete by resubmitting the rest. */
 TM_API void tm_file_inject(tm_file *f, int64_t fail_nth, int fail_errno, int64_t short_every);
+/* Fault injection for tests: after skip more kernel submission calls
+ * (io_uring_enter, io_submit, or a hand-off to the worker threads), count
+ * calls are refused with -err (EAGAIN, EBUSY or any errno) without reaching
+ * the kernel. */
+TM_API void tm_file_inject_submit(tm_file *f, int skip, int count, int err);
 
 /* Probes: 0 if available, else the negative errno the kernel gave. */
 TM_API int tm_probe_io_uring(void);

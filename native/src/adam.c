@@ -119,6 +119,8 @@ static const tm_adam_kernels *resolve(int simd) {
     return kernels_for(simd);
 }
 
+const tm_adam_kernels *tm_adam_kernels_for(int simd) { return resolve(simd); }
+
 int tm_adam_set_threads(int n) { return tm_pool_resize(n); }
 
 int tm_adam_threads(void) { return tm_pool_size(); }
@@ -187,9 +189,13 @@ typedef struct adam_job {
 /* Blocks of at most TM_BLOCK elements, at least four per thread when n allows
  * (so a fast thread has something to take), split into count ranges. */
 static void plan_blocks(adam_job *job, int count) {
+    /* INT8 moments: blocks hold whole quantization blocks (a multiple of
+     * TM_CHUNK_ALIGN), so each scale is computed by one thread. */
+    int64_t align = job->buffers->state_dtype == TM_STATE_INT8 ? job->buffers->qblock
+                                                               : TM_CHUNK_ALIGN;
     int64_t per = (job->n + (int64_t)count * 4 - 1) / ((int64_t)count * 4);
-    per = (per + TM_CHUNK_ALIGN - 1) / TM_CHUNK_ALIGN * TM_CHUNK_ALIGN;
-    job->block = per < TM_BLOCK ? per : TM_BLOCK;
+    per = (per + align - 1) / align * align;
+    job->block = per < TM_BLOCK ? per : TM_BLOCK / align * align;
     if (count == 1) job->block = job->n; /* nobody to share with: one call */
     int64_t blocks = (job->n + job->block - 1) / job->block;
     for (int i = 0; i < count; i++) {
@@ -218,8 +224,10 @@ static void run_update(void *ctx, int index, int count) {
     adam_job *job = ctx;
     int64_t begin, end;
     int range = 0, nonfinite = 0;
+    int lowp = job->buffers->state_dtype != TM_STATE_FLOAT32;
     while (claim_block(job, index, count, &range, &begin, &end))
-        nonfinite |= job->kernels->adam(job->coeffs, job->buffers, begin, end);
+        nonfinite |= lowp ? job->kernels->adam_lowp(job->coeffs, job->buffers, begin, end)
+                          : job->kernels->adam(job->coeffs, job->buffers, begin, end);
     if (nonfinite) __atomic_store_n(&job->found_nonfinite, 1, __ATOMIC_RELAXED);
 }
 
@@ -272,32 +280,31 @@ static void make_coeffs(const tm_adam_config *cfg, tm_adam_coeffs *c) {
 
 static int run_step(const tm_adam_config *cfg, adam_job *job, int count, int *overflow);
 
-int tm_adam_step(const tm_adam_config *cfg, int64_t n, float *param, float *exp_avg,
-                 float *exp_avg_sq, const void *grad, int grad_dtype, void *param_out,
-                 int out_dtype, int *overflow) {
+/* Checks shared by both entry points; the buffers are filled by the caller. */
+static int step_buffers(const tm_adam_config *cfg, int64_t n, tm_adam_buffers *buffers,
+                        int *overflow) {
     if (overflow) *overflow = 0;
     if (!cfg || n < 0) return -EINVAL;
     int rc = check_config(cfg);
     if (rc) return rc;
-    if (!valid_grad_dtype(grad_dtype)) return -EINVAL;
+    if (!valid_grad_dtype(buffers->grad_dtype)) return -EINVAL;
+    int out_dtype = buffers->out_dtype;
     if (out_dtype != TM_DTYPE_NONE && !valid_grad_dtype(out_dtype)) return -EINVAL;
-    if (out_dtype != TM_DTYPE_NONE && !param_out) return -EINVAL;
+    if (out_dtype != TM_DTYPE_NONE && !buffers->param_out) return -EINVAL;
+    if (out_dtype == TM_DTYPE_NONE) buffers->param_out = NULL;
     const tm_adam_kernels *kernels = resolve(cfg->simd);
     if (!kernels) return -ENOTSUP;
     if (n == 0) return 0;
-    if (!param || !exp_avg || !exp_avg_sq || !grad) return -EINVAL;
+    if (!buffers->param || !buffers->grad) return -EINVAL;
+    if (buffers->state_dtype == TM_STATE_FLOAT32 && (!buffers->exp_avg || !buffers->exp_avg_sq))
+        return -EINVAL;
+    if (buffers->state_dtype != TM_STATE_FLOAT32 && (!buffers->m_lowp || !buffers->v_lowp))
+        return -EINVAL;
+    if (buffers->state_dtype == TM_STATE_INT8 && (!buffers->m_absmax || !buffers->v_absmax))
+        return -EINVAL;
 
     tm_adam_coeffs coeffs;
     make_coeffs(cfg, &coeffs);
-    tm_adam_buffers buffers = {
-        .param = param,
-        .exp_avg = exp_avg,
-        .exp_avg_sq = exp_avg_sq,
-        .grad = grad,
-        .grad_dtype = grad_dtype,
-        .param_out = out_dtype == TM_DTYPE_NONE ? NULL : param_out,
-        .out_dtype = out_dtype,
-    };
     int64_t chunk;
     int count = plan_threads(n, cfg->threads, &chunk);
     block_cursor stack_cursors[TM_STACK_CURSORS];
@@ -307,10 +314,60 @@ int tm_adam_step(const tm_adam_config *cfg, int64_t n, float *param, float *exp_
         if (!cursors) return -ENOMEM;
     }
     adam_job job = {
-        .kernels = kernels, .coeffs = &coeffs, .buffers = &buffers, .n = n, .cursors = cursors};
+        .kernels = kernels, .coeffs = &coeffs, .buffers = buffers, .n = n, .cursors = cursors};
     rc = run_step(cfg, &job, count, overflow);
     if (cursors != stack_cursors) free(cursors);
     return rc;
+}
+
+int tm_adam_step(const tm_adam_config *cfg, int64_t n, float *param, float *exp_avg,
+                 float *exp_avg_sq, const void *grad, int grad_dtype, void *param_out,
+                 int out_dtype, int *overflow) {
+    tm_adam_buffers buffers = {
+        .param = param,
+        .exp_avg = exp_avg,
+        .exp_avg_sq = exp_avg_sq,
+        .grad = grad,
+        .grad_dtype = grad_dtype,
+        .param_out = param_out,
+        .out_dtype = out_dtype,
+        .state_dtype = TM_STATE_FLOAT32,
+    };
+    return step_buffers(cfg, n, &buffers, overflow);
+}
+
+int tm_adam_step_states(const tm_adam_config *cfg, int64_t n, float *param,
+                        const tm_adam_state *state, const void *grad, int grad_dtype,
+                        void *param_out, int out_dtype, int *overflow) {
+    if (overflow) *overflow = 0;
+    if (!state) return -EINVAL;
+    tm_adam_buffers buffers = {
+        .param = param,
+        .grad = grad,
+        .grad_dtype = grad_dtype,
+        .param_out = param_out,
+        .out_dtype = out_dtype,
+        .state_dtype = state->dtype,
+    };
+    switch (state->dtype) {
+    case TM_STATE_FLOAT32:
+        buffers.exp_avg = state->exp_avg;
+        buffers.exp_avg_sq = state->exp_avg_sq;
+        break;
+    case TM_STATE_INT8:
+        if (state->block < TM_QBLOCK_MIN || state->block > TM_QBLOCK_MAX || state->block % 64)
+            return -EINVAL;
+        buffers.qblock = state->block;
+        buffers.m_absmax = state->exp_avg_absmax;
+        buffers.v_absmax = state->exp_avg_sq_absmax;
+        /* fall through */
+    case TM_STATE_BFLOAT16:
+        buffers.m_lowp = state->exp_avg;
+        buffers.v_lowp = state->exp_avg_sq;
+        break;
+    default: return -EINVAL;
+    }
+    return step_buffers(cfg, n, &buffers, overflow);
 }
 
 static int run_step(const tm_adam_config *cfg, adam_job *job, int count, int *overflow) {

@@ -14,6 +14,7 @@
 
 #include "adam_convert.h"
 #include "adam_internal.h"
+#include "adam_lowp.h"
 
 #define TM_INLINE static inline __attribute__((always_inline))
 
@@ -158,6 +159,241 @@ static int adam_avx2(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t 
     return adam_by_grad(c, b, begin, end, 0, 0);
 }
 
+/* ---- compact moments (tm_adam_step_states) ----
+ * [Note: here the last < 8 elements of a range or block take the scalar
+ *  element code of adam_lowp.h, which rounds exactly as these lanes do; the
+ *  padded-copy trick above would need copies of four more arrays.] */
+
+TM_INLINE __m256 update8(const coeff_vectors *c, __m256 g, __m256 p, __m256 m_old, __m256 v_old,
+                         __m256 *m, __m256 *v, const int l2_mode, const int decay_mode) {
+    if (l2_mode) g = _mm256_add_ps(g, _mm256_mul_ps(c->l2, p));
+    *m = _mm256_add_ps(_mm256_mul_ps(c->beta1, m_old), _mm256_mul_ps(c->one_minus_beta1, g));
+    *v = _mm256_add_ps(_mm256_mul_ps(c->beta2, v_old),
+                       _mm256_mul_ps(_mm256_mul_ps(c->one_minus_beta2, g), g));
+    __m256 denom = _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(*v), c->inv_bc2_sqrt), c->eps);
+    __m256 update = _mm256_mul_ps(c->step_size, _mm256_div_ps(*m, denom));
+    if (decay_mode) update = _mm256_add_ps(update, _mm256_mul_ps(c->lr_wd, p));
+    return _mm256_sub_ps(p, update);
+}
+
+TM_INLINE __m256 bf16_load(const uint16_t *src) {
+    __m128i h = _mm_loadu_si128((const __m128i *)src);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+TM_INLINE int bf16_range(const coeff_vectors *cv, const tm_adam_coeffs *c,
+                         const tm_adam_buffers *b, int64_t begin, int64_t end,
+                         const int grad_dtype, const int out_dtype, const int l2_mode,
+                         const int decay_mode) {
+    uint16_t *m16 = (uint16_t *)b->m_lowp, *v16 = (uint16_t *)b->v_lowp;
+    const size_t gsize = dtype_size(grad_dtype), osize = dtype_size(out_dtype);
+    const char *grad = (const char *)b->grad;
+    char *out = (char *)b->param_out;
+    __m256 bad = _mm256_setzero_ps();
+    int nonfinite = 0;
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+        __m256 g = _mm256_mul_ps(load_grad(grad + i * gsize, grad_dtype), cv->grad_scale);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(g, g), _mm256_setzero_ps(),
+                                              _CMP_UNORD_Q));
+        __m256 m, v;
+        __m256 p = update8(cv, g, _mm256_loadu_ps(b->param + i), bf16_load(m16 + i),
+                           bf16_load(v16 + i), &m, &v, l2_mode, decay_mode);
+        _mm_storeu_si128((__m128i *)(m16 + i), f32_to_bf16(m));
+        _mm_storeu_si128((__m128i *)(v16 + i), f32_to_bf16(v));
+        _mm256_storeu_ps(b->param + i, p);
+        if (out) store_out(out + i * osize, p, out_dtype);
+    }
+    for (; i < end; i++) nonfinite |= tm_lowp_bf16_elem(c, b, i);
+    return nonfinite | (_mm256_movemask_ps(bad) != 0);
+}
+
+/* Codes of 8 normalized values, equal to tm_quant_code's: a guess within one
+ * of the answer from the level and linear bin (tm_quant_tables), then one
+ * comparison with the midpoint on each side.
+ * [Note: the scalar binary search took eight dependent gathers per vector and
+ *  made the int8 step several times slower than the fp32 one; this is two.] */
+TM_INLINE __m256i quant8(__m256 x, const tm_quant_tables *t, const int is_signed) {
+    const int side = is_signed ? 0 : 1;
+    const float *mid = is_signed ? t->mid_signed : t->mid_unsigned;
+    const __m256i one = _mm256_set1_epi32(1), zero = _mm256_setzero_si256();
+    __m256 a = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)));
+    __m256i level = zero;
+    for (int k = 0; k < 7; k++) /* a true compare is -1: subtracting counts it */
+        level = _mm256_sub_epi32(level, _mm256_castps_si256(_mm256_cmp_ps(
+                                            a, _mm256_set1_ps(t->level_bound[k]), _CMP_LT_OQ)));
+    __m256 scale = _mm256_permutevar8x32_ps(_mm256_loadu_ps(t->level_scale), level);
+    __m256 width_inv = _mm256_permutevar8x32_ps(_mm256_loadu_ps(t->width_inv[side]), level);
+    __m256i count = _mm256_permutevar8x32_epi32(
+        _mm256_loadu_si256((const __m256i *)t->count[side]), level);
+    __m256i before = _mm256_permutevar8x32_epi32(
+        _mm256_loadu_si256((const __m256i *)t->before[side]), level);
+    __m256 capped = _mm256_min_ps(a, _mm256_set1_ps(2.0f)); /* keeps the bin index finite */
+    __m256 f = _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(capped, scale), _mm256_set1_ps(0.1f)),
+                             width_inv);
+    __m256i j = _mm256_max_epi32(_mm256_cvttps_epi32(f), zero);
+    j = _mm256_min_epi32(j, _mm256_sub_epi32(count, one));
+    __m256i off = _mm256_add_epi32(_mm256_add_epi32(before, j), one);
+    __m256i c = off;
+    if (is_signed) {
+        __m256i center = _mm256_set1_epi32(127);
+        __m256 neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+        c = _mm256_castps_si256(_mm256_blendv_ps(
+            _mm256_castsi256_ps(_mm256_add_epi32(center, off)),
+            _mm256_castsi256_ps(_mm256_sub_epi32(center, off)), neg));
+    }
+    __m256 hi = _mm256_i32gather_ps(mid, c, 4);
+    __m256 lo = _mm256_i32gather_ps(mid, _mm256_max_epi32(_mm256_sub_epi32(c, one), zero), 4);
+    __m256i up = _mm256_castps_si256(_mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+    __m256i down = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(x, lo, _CMP_LE_OQ)),
+                                    _mm256_cmpgt_epi32(c, zero));
+    c = _mm256_add_epi32(_mm256_sub_epi32(c, up), down); /* masks are -1 */
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    return _mm256_andnot_si256(nan, c); /* NaN: code 0, as the binary search gives */
+}
+
+/* The low byte of each of 8 lanes, stored as 8 bytes. */
+TM_INLINE void store_codes8(uint8_t *dst, __m256i idx) {
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1);
+    __m256i bytes = _mm256_shuffle_epi8(idx, pick);
+    __m256i joined = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
+    _mm_storel_epi64((__m128i *)dst, _mm256_castsi256_si128(joined));
+}
+
+TM_INLINE __m256 dequant8(const uint8_t *codes, const float *map, __m256 scale) {
+    __m256i at = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)codes));
+    return _mm256_mul_ps(_mm256_i32gather_ps(map, at, 4), scale);
+}
+
+TM_INLINE float reduce_max8(__m256 x) {
+    float lanes[8];
+    _mm256_storeu_ps(lanes, x);
+    float r = lanes[0];
+    for (int k = 1; k < 8; k++) r = lanes[k] > r ? lanes[k] : r;
+    return r;
+}
+
+TM_INLINE int int8_block(const coeff_vectors *cv, const tm_adam_coeffs *c,
+                         const tm_adam_buffers *b, const tm_quant_tables *t, int64_t begin,
+                         int64_t end, const int grad_dtype, const int out_dtype,
+                         const int l2_mode, const int decay_mode) {
+    _Alignas(32) float m_new[TM_QBLOCK_MAX];
+    _Alignas(32) float v_new[TM_QBLOCK_MAX];
+    uint8_t *mq = (uint8_t *)b->m_lowp, *vq = (uint8_t *)b->v_lowp;
+    const size_t gsize = dtype_size(grad_dtype), osize = dtype_size(out_dtype);
+    const char *grad = (const char *)b->grad;
+    char *out = (char *)b->param_out;
+    int64_t q = begin / b->qblock;
+    float am_m = b->m_absmax[q], am_v = b->v_absmax[q];
+    __m256 scale_m = _mm256_set1_ps(am_m), scale_v = _mm256_set1_ps(am_v);
+    __m256 abs_bits = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 vmax_m = _mm256_setzero_ps(), vmax_v = _mm256_setzero_ps();
+    __m256 bad = _mm256_setzero_ps();
+    int nonfinite = 0;
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+        __m256 g = _mm256_mul_ps(load_grad(grad + i * gsize, grad_dtype), cv->grad_scale);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(g, g), _mm256_setzero_ps(),
+                                              _CMP_UNORD_Q));
+        __m256 m, v;
+        __m256 p = update8(cv, g, _mm256_loadu_ps(b->param + i),
+                           dequant8(mq + i, t->map_signed, scale_m),
+                           dequant8(vq + i, t->map_unsigned, scale_v), &m, &v, l2_mode,
+                           decay_mode);
+        _mm256_store_ps(m_new + (i - begin), m);
+        _mm256_store_ps(v_new + (i - begin), v);
+        /* max(a, acc): acc when a is NaN, as tm_absmax_fold */
+        vmax_m = _mm256_max_ps(_mm256_and_ps(m, abs_bits), vmax_m);
+        vmax_v = _mm256_max_ps(_mm256_and_ps(v, abs_bits), vmax_v);
+        _mm256_storeu_ps(b->param + i, p);
+        if (out) store_out(out + i * osize, p, out_dtype);
+    }
+    float max_m = reduce_max8(vmax_m), max_v = reduce_max8(vmax_v);
+    for (; i < end; i++)
+        nonfinite |= tm_lowp_int8_elem(c, b, t, i, am_m, am_v, &m_new[i - begin],
+                                       &v_new[i - begin], &max_m, &max_v);
+    b->m_absmax[q] = max_m;
+    b->v_absmax[q] = max_v;
+    float s_m = tm_absmax_inverse(max_m), s_v = tm_absmax_inverse(max_v);
+    __m256 inv_m = _mm256_set1_ps(s_m), inv_v = _mm256_set1_ps(s_v);
+    int64_t j = 0, len = end - begin;
+    for (; j + 8 <= len; j += 8) {
+        store_codes8(mq + begin + j, quant8(_mm256_mul_ps(_mm256_load_ps(m_new + j), inv_m), t, 1));
+        store_codes8(vq + begin + j, quant8(_mm256_mul_ps(_mm256_load_ps(v_new + j), inv_v), t, 0));
+    }
+    for (; j < len; j++) {
+        mq[begin + j] = tm_quant_code(t->mid_signed, m_new[j] * s_m);
+        vq[begin + j] = tm_quant_code(t->mid_unsigned, v_new[j] * s_v);
+    }
+    return nonfinite | (_mm256_movemask_ps(bad) != 0);
+}
+
+TM_INLINE int lowp_range(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin,
+                         int64_t end, const int grad_dtype, const int out_dtype,
+                         const int l2_mode, const int decay_mode) {
+    coeff_vectors cv = {
+        _mm256_set1_ps(c->beta1),     _mm256_set1_ps(c->one_minus_beta1),
+        _mm256_set1_ps(c->beta2),     _mm256_set1_ps(c->one_minus_beta2),
+        _mm256_set1_ps(c->step_size), _mm256_set1_ps(c->inv_bc2_sqrt),
+        _mm256_set1_ps(c->eps),       _mm256_set1_ps(c->lr_wd),
+        _mm256_set1_ps(c->l2),        _mm256_set1_ps(c->grad_scale),
+    };
+    if (b->state_dtype == TM_STATE_BFLOAT16)
+        return bf16_range(&cv, c, b, begin, end, grad_dtype, out_dtype, l2_mode, decay_mode);
+    const tm_quant_tables *t = tm_quant_tables_get();
+    int nonfinite = 0;
+    for (int64_t q = begin; q < end; q += b->qblock) {
+        int64_t q_end = q + b->qblock < end ? q + b->qblock : end;
+        nonfinite |=
+            int8_block(&cv, c, b, t, q, q_end, grad_dtype, out_dtype, l2_mode, decay_mode);
+    }
+    return nonfinite;
+}
+
+TM_INLINE int lowp_by_out(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin,
+                          int64_t end, const int grad_dtype, const int l2_mode,
+                          const int decay_mode) {
+    switch (b->out_dtype) {
+    case TM_DTYPE_FLOAT32:
+        return lowp_range(c, b, begin, end, grad_dtype, TM_DTYPE_FLOAT32, l2_mode, decay_mode);
+    case TM_DTYPE_BFLOAT16:
+        return lowp_range(c, b, begin, end, grad_dtype, TM_DTYPE_BFLOAT16, l2_mode, decay_mode);
+    case TM_DTYPE_FLOAT16:
+        return lowp_range(c, b, begin, end, grad_dtype, TM_DTYPE_FLOAT16, l2_mode, decay_mode);
+    default: return lowp_range(c, b, begin, end, grad_dtype, TM_DTYPE_NONE, l2_mode, decay_mode);
+    }
+}
+
+TM_INLINE int lowp_by_grad(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin,
+                           int64_t end, const int l2_mode, const int decay_mode) {
+    switch (b->grad_dtype) {
+    case TM_DTYPE_BFLOAT16:
+        return lowp_by_out(c, b, begin, end, TM_DTYPE_BFLOAT16, l2_mode, decay_mode);
+    case TM_DTYPE_FLOAT16:
+        return lowp_by_out(c, b, begin, end, TM_DTYPE_FLOAT16, l2_mode, decay_mode);
+    default: return lowp_by_out(c, b, begin, end, TM_DTYPE_FLOAT32, l2_mode, decay_mode);
+    }
+}
+
+static int adam_lowp_avx2(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin,
+                          int64_t end) {
+    if (c->l2 != 0.0f) return lowp_by_grad(c, b, begin, end, 1, 0);
+    if (c->lr_wd != 0.0f) return lowp_by_grad(c, b, begin, end, 0, 1);
+    return lowp_by_grad(c, b, begin, end, 0, 0);
+}
+
+static void quant_avx2(const tm_quant_tables *t, int is_signed, const float *x, int64_t n,
+                       uint8_t *codes) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        store_codes8(codes + i, is_signed ? quant8(_mm256_loadu_ps(x + i), t, 1)
+                                          : quant8(_mm256_loadu_ps(x + i), t, 0));
+    const float *mid = is_signed ? t->mid_signed : t->mid_unsigned;
+    for (; i < n; i++) codes[i] = tm_quant_code(mid, x[i]);
+}
+
 /* Gradient element i as fp32 (tails of scan and norm). */
 TM_INLINE float grad_at(const void *grad, int64_t i, const int dtype) {
     if (dtype == TM_DTYPE_BFLOAT16) return tm_bf16_to_f32(((const uint16_t *)grad)[i]);
@@ -227,6 +463,8 @@ static double sqnorm_avx2(const void *grad, int dtype, int64_t begin, int64_t en
 const tm_adam_kernels tm_adam_kernels_avx2 = {
     .name = "avx2",
     .adam = adam_avx2,
+    .adam_lowp = adam_lowp_avx2,
+    .quant = quant_avx2,
     .scan = scan_avx2,
     .sqnorm = sqnorm_avx2,
 };

@@ -44,7 +44,45 @@ typedef struct tm_adam_buffers {
     int grad_dtype;     /* tm_dtype */
     void *param_out;    /* NULL when out_dtype is TM_DTYPE_NONE */
     int out_dtype;
+    /* Compact moments (tm_adam_step_states); exp_avg/exp_avg_sq above are
+     * then unused. */
+    int state_dtype;    /* tm_state_dtype */
+    int64_t qblock;     /* INT8: elements per scale */
+    void *m_lowp;       /* BFLOAT16: uint16_t[]; INT8: uint8_t[] codes */
+    void *v_lowp;
+    float *m_absmax;    /* INT8: one per qblock */
+    float *v_absmax;
 } tm_adam_buffers;
+
+/* The INT8 maps (ascending) and the midpoints between neighbours; built once
+ * in adam_quant.c. mid[255] is +inf. */
+struct tm_quant_tables;
+typedef struct tm_quant_tables {
+    float map_signed[256];
+    float mid_signed[256];
+    float map_unsigned[256];
+    float mid_unsigned[256];
+    /* A first guess at the code, within one of the nearest, from arithmetic
+     * (the vector kernels then settle it with two midpoint comparisons):
+     * level E = how many of 1e-1..1e-7 exceed |x| (0..7); within a level the
+     * linear bin j = (|x| * 10^E - 0.1) * width_inv[E], clamped to
+     * [0, count[E] - 1]; the code is 127 + 1 + before[E] + j (or
+     * 127 - 1 - before[E] - j below zero; 127 is the zero code), or 1 + before[E] + j
+     * unsigned. Level 7 (below 1e-7) has before = -1, count 1, width_inv 0:
+     * the zero code. Index 0 is for the signed map, 1 for the unsigned. */
+    float level_bound[8];       /* 1e-1 .. 1e-7, then 0 (never above |x|) */
+    float level_scale[8];       /* 10^E; 0 for level 7 */
+    float width_inv[2][8];      /* count / 0.9 */
+    int32_t count[2][8];
+    int32_t before[2][8];       /* entries of smaller levels on the same side */
+} tm_quant_tables;
+
+const tm_quant_tables *tm_quant_tables_get(void);
+
+/* Largest INT8 block: kernels keep one block of fresh fp32 moments on the
+ * stack before quantizing it. */
+#define TM_QBLOCK_MIN 256
+#define TM_QBLOCK_MAX 2048
 
 /* One ISA's kernels. Each works on elements [begin, end) of its buffers.
  *
@@ -56,13 +94,23 @@ typedef struct tm_adam_kernels {
     const char *name;
     /* Update; returns 1 if a non-finite scaled gradient was seen, else 0. */
     int (*adam)(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin, int64_t end);
+    /* The same with BFLOAT16 or INT8 moments (b->state_dtype); for INT8,
+     * begin is a multiple of b->qblock. */
+    int (*adam_lowp)(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin,
+                     int64_t end);
     /* Returns 1 if any grad * scale in [begin, end) is inf or NaN, else 0. */
     int (*scan)(const void *grad, int grad_dtype, float scale, int64_t begin, int64_t end);
+    /* Codes of n values (already divided by their block maximum) into the
+     * signed or unsigned map: tm_quant_code for each (tm_quant_codes). */
+    void (*quant)(const struct tm_quant_tables *t, int is_signed, const float *x, int64_t n,
+                  uint8_t *codes);
     /* Sum of squares in double. */
     double (*sqnorm)(const void *grad, int grad_dtype, int64_t begin, int64_t end);
 } tm_adam_kernels;
 
 extern const tm_adam_kernels tm_adam_kernels_scalar;
+/* The kernels for a tm_simd value, or NULL if this CPU cannot run them. */
+const tm_adam_kernels *tm_adam_kernels_for(int simd);
 #if defined(__x86_64__)
 extern const tm_adam_kernels tm_adam_kernels_avx2;
 extern const tm_adam_kernels tm_adam_kernels_avx512;

@@ -9,6 +9,7 @@
 
 #include "adam_convert.h"
 #include "adam_internal.h"
+#include "adam_lowp.h"
 
 static inline float load_grad(const void *grad, int dtype, int64_t i) {
     switch (dtype) {
@@ -52,6 +53,49 @@ static int adam_scalar(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_
     return nonfinite;
 }
 
+/* One INT8 block [begin, end): update, then re-quantize with the new maxima. */
+static int int8_block_scalar(const tm_adam_coeffs *c, const tm_adam_buffers *b,
+                             const tm_quant_tables *t, int64_t begin, int64_t end) {
+    float m_new[TM_QBLOCK_MAX], v_new[TM_QBLOCK_MAX];
+    int64_t q = begin / b->qblock;
+    float am_m = b->m_absmax[q], am_v = b->v_absmax[q];
+    float max_m = 0.0f, max_v = 0.0f;
+    int nonfinite = 0;
+    for (int64_t i = begin; i < end; i++)
+        nonfinite |= tm_lowp_int8_elem(c, b, t, i, am_m, am_v, &m_new[i - begin],
+                                       &v_new[i - begin], &max_m, &max_v);
+    b->m_absmax[q] = max_m;
+    b->v_absmax[q] = max_v;
+    float inv_m = tm_absmax_inverse(max_m), inv_v = tm_absmax_inverse(max_v);
+    uint8_t *mq = (uint8_t *)b->m_lowp, *vq = (uint8_t *)b->v_lowp;
+    for (int64_t i = begin; i < end; i++) {
+        mq[i] = tm_quant_code(t->mid_signed, m_new[i - begin] * inv_m);
+        vq[i] = tm_quant_code(t->mid_unsigned, v_new[i - begin] * inv_v);
+    }
+    return nonfinite;
+}
+
+static int adam_lowp_scalar(const tm_adam_coeffs *c, const tm_adam_buffers *b, int64_t begin,
+                            int64_t end) {
+    int nonfinite = 0;
+    if (b->state_dtype == TM_STATE_BFLOAT16) {
+        for (int64_t i = begin; i < end; i++) nonfinite |= tm_lowp_bf16_elem(c, b, i);
+        return nonfinite;
+    }
+    const tm_quant_tables *t = tm_quant_tables_get();
+    for (int64_t q = begin; q < end; q += b->qblock) {
+        int64_t q_end = q + b->qblock < end ? q + b->qblock : end;
+        nonfinite |= int8_block_scalar(c, b, t, q, q_end);
+    }
+    return nonfinite;
+}
+
+static void quant_scalar(const tm_quant_tables *t, int is_signed, const float *x, int64_t n,
+                         uint8_t *codes) {
+    const float *mid = is_signed ? t->mid_signed : t->mid_unsigned;
+    for (int64_t i = 0; i < n; i++) codes[i] = tm_quant_code(mid, x[i]);
+}
+
 static int scan_scalar(const void *grad, int dtype, float scale, int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
         if (!isfinite(load_grad(grad, dtype, i) * scale)) return 1;
@@ -71,6 +115,8 @@ static double sqnorm_scalar(const void *grad, int dtype, int64_t begin, int64_t 
 const tm_adam_kernels tm_adam_kernels_scalar = {
     .name = "scalar",
     .adam = adam_scalar,
+    .adam_lowp = adam_lowp_scalar,
+    .quant = quant_scalar,
     .scan = scan_scalar,
     .sqnorm = sqnorm_scalar,
 };

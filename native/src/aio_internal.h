@@ -4,6 +4,7 @@
 #include <linux/aio_abi.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "tiermem_aio.h"
@@ -54,6 +55,14 @@ typedef struct tm_backend_ops {
 } tm_backend_ops;
 
 struct tm_file {
+    /* [Note: the struct outlives tm_file_close while requests refer to it:
+     *  each live request holds a reference (refs counts them plus one for the
+     *  open file), so tm_request_wait/poll/free after close lock a mutex that
+     *  still exists. Close releases the descriptors and the engine; the last
+     *  reference frees the mutex and the struct.] */
+    int refs;                /* under mu */
+    int closed;              /* under mu: tm_file_close has run */
+    pid_t pid;               /* the process that opened it (fork check) */
     int fd_buffered;
     int fd_direct;       /* -1 when O_DIRECT is not used */
     int efd;             /* eventfd: new work, completions, stop */
@@ -80,6 +89,12 @@ struct tm_file {
     int inject_fail_errno;
     int64_t inject_short_every;
     int64_t completions_seen;
+    /* Submission refusals to inject (read and written by the backend's submit
+     * with atomics): after enter_skip more calls, enter_count calls fail with
+     * -enter_errno. */
+    int inject_enter_skip;
+    int inject_enter_count;
+    int inject_enter_errno;
 };
 
 extern const tm_backend_ops tm_uring_ops;
@@ -90,5 +105,14 @@ int64_t tm_now_ns(void);
 void tm_signal(int efd);
 /* Filesystem name of an fd (statfs magic), for messages. */
 const char *tm_fs_name(int fd);
+/* Start a thread with every signal blocked (signals go to the caller's threads). */
+int tm_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
+/* Direct I/O alignment of an open file from statx(STATX_DIOALIGN): 1 and the
+ * two alignments (offset 0: no O_DIRECT for this file) when the kernel reports
+ * them, 0 when it does not (old kernel or filesystem, or headers). */
+int tm_dio_alignment(int fd, uint32_t *mem_align, uint32_t *offset_align);
+/* Test hook for the backends' submit: 0, or -errno to return in place of the
+ * next kernel submission call. */
+int tm_injected_enter_error(tm_file *f);
 
 #endif

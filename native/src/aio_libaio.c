@@ -78,6 +78,8 @@ static int laio_submit(tm_file *f, tm_piece **pieces, int n) {
         list[i] = cb;
     }
     for (;;) {
+        int injected = tm_injected_enter_error(f);
+        if (injected) return injected;
         int rc = sys_io_submit(a->ctx, n, list);
         if (rc >= 0) return rc == 0 ? -EAGAIN : rc;
         if (errno == EINTR) continue;

@@ -67,7 +67,7 @@ static int pool_init(tm_file *f) {
         return -ENOMEM;
     }
     for (int i = 0; i < n; i++) {
-        int rc = pthread_create(&pl->threads[i], NULL, worker, pl);
+        int rc = tm_thread_start(&pl->threads[i], worker, pl);
         if (rc != 0) {
             pthread_mutex_lock(&pl->mu);
             pl->stopping = 1;
@@ -86,6 +86,8 @@ static int pool_init(tm_file *f) {
 
 static int pool_submit(tm_file *f, tm_piece **pieces, int n) {
     pool *pl = f->backend;
+    int injected = tm_injected_enter_error(f);
+    if (injected) return injected;
     pthread_mutex_lock(&pl->mu);
     for (int i = 0; i < n; i++) {
         pieces[i]->next = NULL;

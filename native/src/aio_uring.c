@@ -151,27 +151,23 @@ static int uring_submit(tm_file *f, tm_piece **pieces, int n) {
     __atomic_store_n(u->sq_tail, tail, __ATOMIC_RELEASE);
     int submitted = 0;
     while (submitted < n) {
-        int rc = sys_enter(u->fd, (unsigned)(n - submitted), 0, 0);
-        if (rc < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EBUSY) {
-                /* Kernel is short of resources: wait for one completion. */
-                sys_enter(u->fd, 0, 1, IORING_ENTER_GETEVENTS);
-                continue;
-            }
-            int e = errno;
-            /* Take back the SQEs the kernel did not consume, so that the
-             * engine can reissue or fail them without a double completion. */
+        int injected = tm_injected_enter_error(f);
+        int rc = injected ? -1 : sys_enter(u->fd, (unsigned)(n - submitted), 0, 0);
+        if (injected) errno = -injected;
+        if (rc < 0 && errno == EINTR) continue;
+        if (rc <= 0) {
+            /* [Note: on EAGAIN/EBUSY (the kernel is short of memory or its
+             *  completion queue is full) or an error, take back the SQEs the
+             *  kernel did not consume and return: the engine requeues or fails
+             *  them and backs off. Waiting here for a completion, as this once
+             *  did, blocks forever when nothing is in flight.] */
+            int e = rc < 0 ? errno : EAGAIN;
+            if (e == EBUSY) e = EAGAIN;
             __atomic_store_n(u->sq_tail, __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE),
                              __ATOMIC_RELEASE);
             return submitted ? submitted : -e;
         }
         submitted += rc;
-        if (rc == 0) {
-            __atomic_store_n(u->sq_tail, __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE),
-                             __ATOMIC_RELEASE);
-            return submitted ? submitted : -EAGAIN;
-        }
     }
     return submitted;
 }

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from tiermem.hf.config import resolve_trainer_config
+from tiermem.hf.pretrained import from_pretrained
 
-__all__ = ["TiermemTrainer", "resolve_trainer_config"]
+__all__ = ["TiermemTrainer", "from_pretrained", "resolve_trainer_config"]
 
 
 def __getattr__(name: str) -> Any:

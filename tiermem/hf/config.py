@@ -28,11 +28,19 @@ from typing import Any
 #  the file), so a path is read once and checked like tiermem.initialize checks it.]
 from tiermem.engine.config import ConfigError, load_json, parse_config
 
-__all__ = ["ARGS_OPTIMIZERS", "resolve_trainer_config"]
+__all__ = ["ARGS_OPTIMIZERS", "ARGS_STATE_DTYPES", "resolve_trainer_config"]
 
 #: ``TrainingArguments.optim`` values that tiermem's own AdamW stands in for when
-#: the JSON has no ``optimizer`` section.
-ARGS_OPTIMIZERS = frozenset({"adamw_torch", "adamw_torch_fused"})
+#: the JSON has no ``optimizer`` section, and the moment storage each asks for
+#: (bitsandbytes' 8-bit AdamW -> tiermem's int8 states: block-wise dynamic
+#: quantization, run by the fused CPU kernel instead of bitsandbytes).
+ARGS_STATE_DTYPES = {
+    "adamw_torch": "fp32",
+    "adamw_torch_fused": "fp32",
+    "adamw_bnb_8bit": "int8",
+    "adamw_8bit": "int8",
+}
+ARGS_OPTIMIZERS = frozenset(ARGS_STATE_DTYPES)
 
 _AUTO = "auto"
 
@@ -106,7 +114,8 @@ def resolve_trainer_config(config: Any, args: Any, *, num_training_steps: int) -
     (``fp16``/``bf16``) and the optimizer's ``lr``, ``betas``, ``eps``,
     ``weight_decay`` (``learning_rate``, ``adam_beta1``/``adam_beta2``,
     ``adam_epsilon``, ``weight_decay``); without an ``optimizer`` section,
-    AdamW with those (``args.optim`` must be an AdamW of torch's). Scheduler
+    AdamW with those (``args.optim`` must be an AdamW of torch's, or
+    ``adamw_bnb_8bit``/``adamw_8bit``, which give int8 moments). Scheduler
     ``"auto"`` values: ``warmup_min_lr`` 0, ``warmup_max_lr`` the learning
     rate, ``warmup_num_steps`` ``args.get_warmup_steps(num_training_steps)``,
     ``total_num_steps`` ``num_training_steps``. ZeRO bucket sizes stay
@@ -141,7 +150,9 @@ def resolve_trainer_config(config: Any, args: Any, *, num_training_steps: int) -
                 path="optimizer",
                 file=file,
             )
-        raw["optimizer"] = {"type": "AdamW", "params": {}}
+        state_dtype = ARGS_STATE_DTYPES[optim]
+        params = {} if state_dtype == "fp32" else {"state_dtype": state_dtype}
+        raw["optimizer"] = {"type": "AdamW", "params": params}
     lr = float(args.learning_rate)
     filler.fill("optimizer.params.lr", lr, "learning_rate")
     filler.fill(

@@ -30,7 +30,8 @@ Step time: each component's bytes or FLOPs over the measured (or stated)
 rate, for one optimizer step of ``gradient_accumulation_steps`` micro-batches:
 compute ``6 x params x tokens`` (8 with checkpointing: the forward runs twice),
 host<->device copies (CUDA only), NVMe reads and writes, and the optimizer
-pass (``16 + 12 + dtype_bytes`` bytes per parameter read and written, over
+pass (``4 + 2 x 12 + dtype_bytes`` bytes per parameter read and written with
+fp32 states, 8 or ~6 instead of 12 with bf16 / int8 moments, over
 memory bandwidth). NVMe traffic assumes nothing is reused from the store's
 host buffers between uses, so it is mostly an upper bound: on the bench GPT of
 ``bench/results/train.json`` (67M parameters, both on NVMe) it predicts 1.62 GB
@@ -49,6 +50,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from tiermem.adam import STATE_DTYPES, state_nbytes
 from tiermem.buffers import round_up
 from tiermem.planning.machine import MachineFacts
 from tiermem.planning.shapes import ModelShape
@@ -111,7 +113,9 @@ class PlanSettings:
     (partitioned as it is built, never whole in host memory). ``ranks_per_host``
     ranks share one machine's host memory and NVMe (each has its own GPU).
     ``placements`` restricts the candidates (the engine's ``"auto"`` passes the
-    ones the config's stage and paths allow).
+    ones the config's stage and paths allow). ``state_dtype`` is how Adam's
+    moments are stored (``optimizer.params.state_dtype``): fp32 states take 12
+    bytes per parameter, bf16 8, int8 about 6.
     """
 
     world_size: int = 1
@@ -132,8 +136,14 @@ class PlanSettings:
     model_built_on_host: bool = True
     ranks_per_host: int = 1
     placements: tuple[Placement, ...] = PLACEMENTS
+    state_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.state_dtype not in STATE_DTYPES:
+            raise ValueError(
+                f"PlanSettings.state_dtype: expected one of {list(STATE_DTYPES)}, "
+                f"got {self.state_dtype!r}"
+            )
         for key in (
             "world_size",
             "ranks_per_host",
@@ -304,7 +314,7 @@ def _store_budget(shape: ModelShape, s: PlanSettings, p: Placement, device_is_ho
     param_bytes = _up(largest * s.dtype_bytes)
     # a sub-group holds whole parameters: one larger than sub_group_size is its own
     sub_group = s.sub_group_size if s.sub_group_split_params else largest
-    chunk_bytes = _up(min(sub_group, largest) * 12)
+    chunk_bytes = _up(state_nbytes(min(sub_group, largest), s.state_dtype))
     params_nvme = p.param_device == "nvme"
     prefetch = 2 * max(param_bytes if params_nvme else 0, chunk_bytes)
     host = 2 * prefetch
@@ -329,16 +339,20 @@ def _tiers(
     host: dict[str, int] = {}
     nvme: dict[str, int] = {}
     pinned = 0
+    states = state_nbytes(n, s.state_dtype)
+    label = "fp32 master + Adam moments" + (
+        "" if s.state_dtype == "fp32" else f" ({s.state_dtype})"
+    )
     if p.param_device == "none":
         device["parameter shards"] = b * n
     else:
         nvme["parameter shards"] = sum(_up(k * b) for k in shards)
     device.update(_gathered(shape, s, p, device_is_host))
     if p.optimizer_device == "none":
-        device["fp32 master + Adam moments"] = 12 * n
+        device[label] = states
         device["fp32 gradient accumulators"] = 4 * n
     elif p.optimizer_device == "cpu":
-        host["fp32 master + Adam moments"] = 12 * n
+        host[label] = states
         host["fp32 gradient accumulators"] = 4 * n
     else:
         # [Note: without sub_group_split_params the sub-groups are runs of whole
@@ -346,8 +360,10 @@ def _tiers(
         #  counts as one sub-group. A group has few parameters (a module's own), so
         #  this misses at most one store alignment per extra sub-group.]
         sub = s.sub_group_size if s.sub_group_split_params else max(shards, default=1)
-        nvme["fp32 master + Adam moments"] = sum(
-            _up(12 * min(sub, k - lo)) for k in shards for lo in range(0, k, sub)
+        nvme[label] = sum(
+            _up(state_nbytes(min(sub, k - lo), s.state_dtype))
+            for k in shards
+            for lo in range(0, k, sub)
         )
         nvme["fp32 gradient accumulators"] = sum(_up(4 * k) for k in shards)
     if p.uses_nvme:
@@ -358,7 +374,7 @@ def _tiers(
         #  when the write completes, so up to its host budget is on disk twice.]
         nvme["write-back headroom (copy-on-write extents)"] = budget
     elif p.optimizer_device == "cpu" and s.pin_memory:
-        pinned += 12 * n  # HostShardOptimizer pins its states on CUDA machines
+        pinned += states  # HostShardOptimizer pins its states on CUDA machines
     if s.model_built_on_host:
         # [Note: a model built outside tiermem.init_context exists whole, in fp32, in
         #  host memory before initialize partitions it; the engine frees it, but the
@@ -399,12 +415,14 @@ def _step_time(
     if p.optimizer_device == "nvme":
         # states; the accumulators are fetched for every micro-batch's landing (the
         # store reads even the first, which overwrites) and again by the step
-        opt_read = 12 * n + 4 * n * (gas + 1)
-        opt_write = 12 * n + 4 * n * gas
+        states = state_nbytes(n, s.state_dtype)
+        opt_read = states + 4 * n * (gas + 1)
+        opt_write = states + 4 * n * gas
     param_io = param_read / machine.nvme_read_bps + param_write / machine.nvme_write_bps
     opt_io = opt_read / machine.nvme_read_bps + opt_write / machine.nvme_write_bps
     rate = machine.device_memory_bps if p.optimizer_device == "none" else machine.memory_bps
-    adam = (16 + 12 + b) * n / rate
+    # gradient (4) in, the states read and written, the compute-dtype copy out
+    adam = (4 + 2 * state_nbytes(n, s.state_dtype) / max(n, 1) + b) * n / rate
     parts = {
         "compute": compute,
         "host_device_copies": copies,

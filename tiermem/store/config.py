@@ -20,8 +20,10 @@ class StoreConfig:
         nvme_bytes: NVMe budget, preallocated at open; None: grow on demand
             within the filesystems' free space.
         prefetch_bytes: bytes of upcoming fetches loaded ahead while replaying
-            the schedule (at least ~2 x queue_depth x block_size to keep the
-            disks busy); 0 turns prefetch off.
+            the schedule or following a predicted order, at the start (at least
+            ~2 x queue_depth x block_size to keep the disks busy); the window
+            grows where prefetches land too late, up to half of ``host_bytes``
+            (:mod:`tiermem.store.readahead`); 0 turns prefetch off.
         checksum: crc32c every extent on write, verify on read.
         persistent: keep swap files and an allocation table at close and
             reopen them (NVMe-homed tensors only); else files are scratch.

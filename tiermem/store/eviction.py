@@ -72,20 +72,26 @@ class VictimHeaps:
         tier: TierKind,
         rank_of: Callable[[EntryRecord, CopyRecord], Rank | None],
         *,
-        accept: Callable[[CopyRecord], bool],
+        accept: Callable[[EntryRecord, CopyRecord], bool],
         after: float | None = None,
+        include_kept: bool = True,
+        max_skipped: int | None = None,
     ) -> tuple[EntryRecord, CopyRecord] | None:
         """The first copy of ``tier`` in victim order that ``accept`` takes, or None.
 
         ``after``: only copies whose next use comes after this many fetches
-        (the ``-rank[1]`` of a copy); None: any. ``rank_of`` recomputes a
+        (the ``-rank[1]`` of a copy); None: any. ``include_kept``: False leaves
+        out the copies ranked kept (``rank[0]``), their own heap, at no cost.
+        ``max_skipped``: give up (None) after ``accept`` refused this many, so a
+        filter that refuses most copies costs O(max_skipped log n), not O(n log n);
+        the refused copies go back into the heap. ``rank_of`` recomputes a
         copy's rank: a copy whose rank changed without a push is re-ranked,
         one no longer evictable is forgotten.
         """
         heaps = self._heaps.get(tier)
         if heaps is None:
             return None
-        for heap in heaps:
+        for heap in heaps if include_kept else heaps[:1]:
             aside: list[_Item] = []
             found = None
             while heap:
@@ -101,8 +107,10 @@ class VictimHeaps:
                     continue
                 if after is not None and -rank[1] <= after:
                     break  # the rest of this heap is needed sooner still
-                if not accept(c):
+                if not accept(e, c):
                     aside.append(heapq.heappop(heap))
+                    if max_skipped is not None and len(aside) > max_skipped:
+                        break
                     continue
                 found = (e, c)
                 break
@@ -110,4 +118,6 @@ class VictimHeaps:
                 heapq.heappush(heap, item)
             if found is not None:
                 return found
+            if max_skipped is not None and len(aside) > max_skipped:
+                return None
         return None

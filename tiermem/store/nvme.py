@@ -35,6 +35,13 @@ from tiermem.durable import fsync_dir, write_all
 from tiermem.faults import FaultPlan, FaultyAioFile
 from tiermem.store.errors import StoreBudgetError, StoreError
 from tiermem.store.states import TierKind
+from tiermem.store.swap_safety import (
+    check_extent,
+    check_owner,
+    check_private_dir,
+    is_int,
+    same_file,
+)
 
 SWAP_MAGIC = b"TIERMEM-SWAP\x001\n"
 HEADER_BYTES = 4096
@@ -187,7 +194,9 @@ def check_swap_path(path: str | os.PathLike) -> Path:
 
 
 def make_private_dir(path: Path) -> None:
-    """Create ``path`` and missing parents with mode 0700 (existing ones are kept)."""
+    """Create ``path`` and missing parents with mode 0700 (existing parents are kept);
+    an existing ``path`` must be ours and is made unwritable by others (see
+    :func:`check_private_dir`)."""
     missing = []
     cur = path
     while not cur.exists():
@@ -201,13 +210,15 @@ def make_private_dir(path: Path) -> None:
         os.chmod(d, 0o700)  # whatever the umask
     if not path.is_dir():
         raise StoreError(f"swap path {path} exists and is not a directory")
+    check_private_dir(path)
 
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
     """``os.open`` that never follows a symlink as the last component (StoreError if one is
-    there: a swap, table or lock file that is a symlink was not made by tiermem)."""
+    there: a swap, table or lock file that is a symlink was not made by tiermem), nor
+    keeps open a file another user owns."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except OSError as exc:
         if exc.errno == errno_mod.ELOOP:
             raise StoreError(
@@ -215,6 +226,12 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
                 "lock files (remove it)"
             ) from None
         raise
+    try:
+        check_owner(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def pid_alive(pid: int) -> bool:
@@ -376,6 +393,32 @@ def _free_bytes(directory: Path) -> int:
 # the tier
 
 
+def _reopen_locked(path: Path, lock_fd: int, aio: AioConfig) -> AioFile:
+    """An I/O engine on the very file ``lock_fd`` has open and locked.
+
+    [Note: the I/O engine opens the file again (with O_DIRECT), by name. Through
+    ``/proc/self/fd/N`` the kernel reopens the locked inode itself, whatever
+    the path names by then; the path must still name it too (a table or a
+    later reopen goes by the path), else StoreError. Without /proc the path is
+    opened and its device and inode compared with the locked descriptor's.]
+    """
+    locked = os.fstat(lock_fd)
+    via_fd = Path(f"/proc/self/fd/{lock_fd}")
+    if via_fd.exists():
+        file = AioFile(via_fd, "r+", config=aio)
+        file.path = path  # messages name the swap file, not the descriptor
+    else:  # pragma: no cover - Linux without /proc
+        file = AioFile(path, "r+", config=aio, follow_symlinks=False)
+    if not same_file(path, lock_fd):
+        file.close()
+        raise StoreError(
+            f"swap file {path} was replaced while the store opened it (the path no longer "
+            f"names the locked file, inode {locked.st_ino}); another program is changing the "
+            "swap directory"
+        )
+    return file
+
+
 class SwapStripe:
     """One swap file: its lock descriptor and its asynchronous I/O engine."""
 
@@ -385,7 +428,7 @@ class SwapStripe:
         self.directory = directory
         self.path = path
         self.lock_fd = lock_fd
-        file = AioFile(path, "r+", config=aio, follow_symlinks=False)
+        file = _reopen_locked(path, lock_fd, aio)
         self.file: AioFile | FaultyAioFile = file if faults is None else FaultyAioFile(file, faults)
 
     def close(self) -> None:
@@ -519,9 +562,9 @@ class NvmeTier:
             os.fchmod(fd, 0o600)
             return SwapStripe(directory, path, fd, self.aio, self.faults)
         except BaseException:
-            os.close(fd)
-            if not self.persistent:
+            if not self.persistent and same_file(path, fd):
                 path.unlink(missing_ok=True)
+            os.close(fd)
             raise
 
     def _grow_to(self, capacity: int, name: str) -> None:
@@ -561,16 +604,29 @@ class NvmeTier:
                 f"store table in {self.dirs[0]} has {table.get('stripes')} stripes of "
                 f"{table.get('stripe_unit')} bytes; the config gives {S} of {self.unit}"
             )
-        capacity = int(table["capacity"])
+        where = f"store table {self.dirs[0] / TABLE_NAME}"
+        capacity = table.get("capacity")
+        if not is_int(capacity) or capacity < 0 or capacity % (S * self.unit):
+            raise StoreError(
+                f"{where}: capacity {capacity!r} is not a multiple of {S} stripes of "
+                f"{self.unit} bytes"
+            )
         for s in self.stripes:
             if s.file.size() < HEADER_BYTES + capacity // S:
                 raise StoreError(f"swap file {s.path} is shorter than its table says")
         self.alloc.extend(capacity)
-        for name, rec in table["tensors"].items():
+        tensors = table.get("tensors")
+        if not isinstance(tensors, dict):
+            raise StoreError(f"{where}: 'tensors' is not a JSON object")
+        for name, rec in tensors.items():
+            offset, length = check_extent(rec, capacity, where=f"{where}: tensor {name!r}")
             try:
-                self.alloc.reserve(int(rec["offset"]), int(rec["length"]))
-            except ValueError as exc:
-                raise StoreError(f"store table: extent of tensor {name!r}: {exc}") from exc
+                self.alloc.reserve(offset, length)
+            except ValueError:
+                raise StoreError(
+                    f"{where}: tensor {name!r}: extent of {length} bytes at {offset} overlaps "
+                    "another tensor's"
+                ) from None
         self.peak = self.alloc.used
 
     # ---- space ----
@@ -660,10 +716,22 @@ class NvmeTier:
 
     def _submit(self, op: str, extent: Extent, buf: torch.Tensor) -> list[AioRequest]:
         reqs = []
-        for stripe, foff, boff, n in self.pieces(extent, buf.numel()):
-            f = self.stripes[stripe].file
-            piece = buf[boff : boff + n]
-            reqs.append(f.submit_read(piece, foff) if op == "read" else f.submit_write(piece, foff))
+        try:
+            for stripe, foff, boff, n in self.pieces(extent, buf.numel()):
+                f = self.stripes[stripe].file
+                piece = buf[boff : boff + n]
+                reqs.append(
+                    f.submit_read(piece, foff) if op == "read" else f.submit_write(piece, foff)
+                )
+        except BaseException:
+            # [Note: the caller releases the extent and the buffer when this
+            #  raises: the pieces already issued must finish first.]
+            for r in reqs:
+                try:
+                    r.wait()
+                except OSError:
+                    pass
+            raise
         return reqs
 
     def submit_read(self, extent: Extent, buf: torch.Tensor) -> list[AioRequest]:
@@ -701,10 +769,11 @@ class NvmeTier:
         """Close every stripe; remove the files (scratch mode); unlock the directories."""
         try:
             for s in self.stripes:
+                ours = remove and s.lock_fd >= 0 and same_file(s.path, s.lock_fd)
                 try:
                     s.close()
                 finally:
-                    if remove:
+                    if ours:  # never a file put in its place
                         s.path.unlink(missing_ok=True)
             self.stripes = []
         finally:

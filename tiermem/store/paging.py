@@ -1,8 +1,9 @@
 """The paging machinery of the store: loads into a tier, write-backs to NVMe,
 eviction and prefetch.
 
-[Note: everything here runs on the caller's thread, inside store calls. The
-transfers run in the native I/O engines and on the CUDA side stream; the store
+[Note: all bookkeeping here runs on the caller's thread, inside store calls.
+The transfers run in the native I/O engines and on the CUDA side stream, the
+CRC32Cs on the store's checksum thread (:mod:`tiermem.store.checksums`); the store
 notices that they finished when it is next called (:meth:`Pager._pump`) or
 when the caller waits. So no lock is needed, and a transfer that must wait for
 another (a device copy staged through host memory, a read into room that a
@@ -15,10 +16,12 @@ from __future__ import annotations
 import time
 
 from tiermem.checksum import crc32c
+from tiermem.store.checksums import ChecksumWorker
 from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreBudgetError, StoreCorruptionError, StoreError
 from tiermem.store.eviction import Rank, VictimHeaps
 from tiermem.store.nvme import Extent, NvmeTier
+from tiermem.store.readahead import ReadAhead
 from tiermem.store.records import CopyRecord, EntryRecord, FlushOp, LoadOp
 from tiermem.store.residency import plan_keeps
 from tiermem.store.schedule import PrefetchSchedule
@@ -29,6 +32,8 @@ from tiermem.store.tiers import DeviceTier, HostTier, MemoryTier
 R = Residency
 MEMORY_TIERS = (TierKind.DEVICE, TierKind.HOST)
 _INF = float("inf")
+#: refusals a prefetch by the prediction looks past for a clean victim (see Pager._victim)
+_PREDICTED_SKIPS = 64
 
 
 class Pager:
@@ -48,6 +53,8 @@ class Pager:
     _write_errors: list[StoreError]
     _keep_plan: tuple[tuple[int, int], list[bool]] | None = None
     _victim_heaps: VictimHeaps | None = None
+    _checksums: ChecksumWorker
+    readahead: ReadAhead
 
     def _mem(self, kind: TierKind) -> MemoryTier:
         return self._device if kind is TierKind.DEVICE else self._host
@@ -88,17 +95,22 @@ class Pager:
         """Start writing host copy ``c`` of NVMe-homed ``e`` to a new extent."""
         assert self._nvme is not None and c.block is not None and c.tier is TierKind.HOST
         extent = self._nvme.allocate(e.nbytes, e.name)
-        crc = None
-        if self.cfg.checksum:
-            t0 = time.perf_counter()
-            crc = crc32c(c.block.data[: e.nbytes])
-            self.telemetry.checksum(e.nbytes, time.perf_counter() - t0)
-        flush = FlushOp(e, c, extent, crc, evict, time.perf_counter())
+        flush = FlushOp(e, c, extent, None, evict, time.perf_counter())
+        if self.cfg.checksum and c.refs:
+            # [Note: a copy the caller holds may change while it is written; its
+            #  CRC is taken before the write is issued, so _changed_in_flight
+            #  compares with the bytes the write started from and a changed
+            #  copy's extent is dropped instead of recorded with a CRC of newer
+            #  bytes than the disk holds.]
+            flush.checksum = self._checksums.now(c.block.data[: e.nbytes])
         try:
             flush.pending = self._nvme.submit_write(extent, c.block.data[: extent.length])
         except OSError as exc:
             self._nvme.release(extent)
             raise self._io_error("writing", e, extent, exc) from exc
+        if self.cfg.checksum and flush.checksum is None:
+            # computed while the disk writes (see tiermem.store.checksums)
+            flush.checksum = self._checksums.submit(c.block.data[: e.nbytes])
         self._set(e, c, R.EVICTING if evict else R.FLUSHING)
         nv = e.copies[TierKind.NVME]
         if nv.state is R.ABSENT:
@@ -129,7 +141,21 @@ class Pager:
                 r.wait()
             except OSError as exc:
                 error = error or exc
+        if f.checksum is not None:
+            f.crc, seconds = f.checksum.result()
+            f.checksum = None
+            self.telemetry.checksum(e.nbytes, seconds)
         nv = e.copies[TierKind.NVME]
+        if error is None and self._changed_in_flight(f):
+            # [Note: the copy was fetched while it was written (write_back of a
+            #  copy another holder has) and changed meanwhile: the new extent
+            #  may hold a mix of old and new bytes, so it is dropped and the
+            #  copy stays dirty; the previous extent stays the tensor's.]
+            self._nvme.release(f.extent)
+            self._set(e, c, R.DIRTY)
+            if nv.state is R.LOADING:
+                self._set(e, nv, R.ABSENT)
+            return
         if error is not None:
             self._nvme.release(f.extent)
             self._set(e, c, R.DIRTY)
@@ -155,6 +181,13 @@ class Pager:
             self.telemetry.evictions[TierKind.HOST] += 1
         else:
             self._set(e, c, R.CLEAN)
+
+    def _changed_in_flight(self, f: FlushOp) -> bool:
+        """Whether a held copy's bytes differ from those its write started with."""
+        c = f.copy
+        if not c.refs or f.crc is None or c.block is None:
+            return False
+        return crc32c(c.block.data[: f.entry.nbytes]) != f.crc
 
     def _wait_flush(self, f: FlushOp | None, *, raise_error: bool = True) -> None:
         if f is None:
@@ -267,26 +300,33 @@ class Pager:
             load.source = None
         self._free_copy(e, c)
 
-    def _finish_load(self, load: LoadOp) -> None:
-        """Complete a load whose transfers are done: check, verify, change state."""
+    def _finish_load(self, load: LoadOp, *, block: bool = True) -> bool:
+        """Complete a load whose transfers are done: check, verify, change state.
+
+        Without ``block``, returns False while the verification is still running.
+        """
         if load.finished:
-            return
+            return True
         e, c = load.entry, load.copy
-        error = None
-        for r in load.pending:
-            try:
-                r.wait()
-            except OSError as exc:
-                error = error or exc
-        if error is not None:
-            assert e.extent is not None
-            self._fail_load(load, self._io_error("reading", e, e.extent, error))
-            return
+        if load.checksum is None:
+            error = None
+            for r in load.pending:
+                try:
+                    r.wait()
+                except OSError as exc:
+                    error = error or exc
+            if error is not None:
+                assert e.extent is not None
+                self._fail_load(load, self._io_error("reading", e, e.extent, error))
+                return True
         assert c.block is not None
         if load.src is TierKind.NVME and self.cfg.checksum and e.crc is not None:
-            t0 = time.perf_counter()
-            got = crc32c(c.block.data[: e.nbytes])
-            self.telemetry.checksum(e.nbytes, time.perf_counter() - t0)
+            if load.checksum is None:  # verified beside the caller (tiermem.store.checksums)
+                load.checksum = self._checksums.submit(c.block.data[: e.nbytes])
+            if not block and not load.checksum.done():
+                return False
+            got, seconds = load.checksum.result()
+            self.telemetry.checksum(e.nbytes, seconds)
             if got != e.crc:
                 assert self._nvme is not None and e.extent is not None
                 self._fail_load(
@@ -297,7 +337,7 @@ class Pager:
                         f"stored crc32c {e.crc:08x}, read {got:08x}"
                     ),
                 )
-                return
+                return True
         load.finished = True
         self._loads.remove(load)
         c.load = None
@@ -306,9 +346,12 @@ class Pager:
             self._touch(e, load.source)
             load.source = None
         self._set(e, c, R.DIRTY if load.dirty else R.CLEAN)
+        if load.src is TierKind.NVME:
+            self.readahead.on_read(e.nbytes, time.perf_counter() - load.started)
         self.telemetry.transfer(
             load.src, c.tier, e.name, e.nbytes, load.started, time.perf_counter()
         )
+        return True
 
     def _poll_load(self, load: LoadOp) -> bool:
         """Advance ``load`` without blocking; True once finished."""
@@ -324,8 +367,7 @@ class Pager:
             if load.finished:
                 return True
         if all(r.done() for r in load.pending):
-            self._finish_load(load)
-            return True
+            return self._finish_load(load, block=False)
         return False
 
     def _wait_load(self, load: LoadOp) -> None:
@@ -359,7 +401,7 @@ class Pager:
         for load in list(self._loads):
             self._poll_load(load)
         for f in list(self._flushes):
-            if all(r.done() for r in f.pending):
+            if all(r.done() for r in f.pending) and (f.checksum is None or f.checksum.done()):
                 self._finish_flush(f)
                 if f.error is not None:
                     self._write_errors.append(f.error)
@@ -421,15 +463,37 @@ class Pager:
     ) -> tuple[EntryRecord, CopyRecord] | None:
         """The next copy to evict from ``tier`` for a demand fetch (``distance`` None)
         or a prefetch needed in ``distance`` fetches (only copies needed later)."""
-        usable = self.schedule.usable
-        if distance is not None and not usable:
+        order = self._victim_order()
+
+        def movable(e: EntryRecord, c: CopyRecord) -> bool:
+            return c is not keep and not any(c is s for s in stuck)
+
+        if distance is None:
+            return order.first(tier, self._rank, accept=movable)
+        if self.schedule.usable:
+            # read-ahead takes no room the write-behind plan keeps: the kept
+            # copies have their own heap, left out
+            after = float(self.schedule.replayed + distance)
+            return order.first(tier, self._rank, accept=movable, after=after, include_kept=False)
+        if self.schedule.predicted is None:
             return None
-        after = None if distance is None else float(self.schedule.replayed + distance)
-        return self._victim_order().first(
-            tier,
-            self._rank,
-            accept=lambda c: c is not keep and not any(c is s for s in stuck),
-            after=after,
+
+        # [Note: a prefetch by the caller's prediction evicts only clean copies
+        #  the prediction needs later; the demand evictions stay LRU: a guess
+        #  that is wrong would make Belady evict what is needed next, and reads
+        #  cost more than a late prefetch. Without a recording the heaps are in
+        #  LRU order and the prediction's next use moves with every fetch, so it
+        #  is a filter while popping, not a rank; the copies it refuses go back,
+        #  and after _PREDICTED_SKIPS refusals the prefetch waits (it is only a
+        #  prefetch), so one costs O(log n), not a scan of every cached copy.]
+        def clean_needed_later(e: EntryRecord, c: CopyRecord) -> bool:
+            if c.state is not R.CLEAN or not movable(e, c):
+                return False
+            nu = self.schedule.next_use((e.name, tier))
+            return nu is None or nu > distance
+
+        return order.first(
+            tier, self._rank, accept=clean_needed_later, max_skipped=_PREDICTED_SKIPS
         )
 
     def _make_room(
@@ -615,10 +679,32 @@ class Pager:
         return plan_keeps(self.schedule.entries, sizes, capacity, self.schedule.releases)
 
     # ---- prefetch ----
+    # [Note: the out-of-core pipeline. Bound by NVMe, a pass should take
+    #  max(compute, I/O), not their sum, so reads, writes, checksums and the
+    #  caller's compute run at once:
+    #  - order: every fetch has a place in an order from the first pass on, the
+    #    recorded schedule, else the caller's prediction (TensorStore.predict;
+    #    the engine predicts forward, backward and the optimizer's sub-groups);
+    #  - read-ahead: the reads of the next fetches in that order are in flight
+    #    within a window of bytes (tiermem.store.readahead) that grows by the
+    #    measured read bandwidth times each wait on a prefetch issued too late,
+    #    up to half the host tier; a prefetch evicts only what is needed later;
+    #  - write-behind: a dirty copy the schedule's plan will not keep starts its
+    #    write when released (_write_behind), so an eviction finds it clean or
+    #    being written, not waiting to start; the write is submitted before its
+    #    CRC is computed;
+    #  - checksums: on the store's checksum thread (tiermem.store.checksums),
+    #    beside compute, verified before a read copy becomes valid;
+    #  - optimizer: the engine fetches sub-group i + 1 before it updates i and
+    #    releases i dirty (NvmeShardOptimizer.step): i + 1 reads while i updates
+    #    and i - 1 writes; with an order the window reaches further ahead.
+    #  What stays serial: a completion is noticed only at the next store call;
+    #  a demand fetch that finds no clean copy to evict waits for a write.]
     def _prefetch(self) -> None:
-        """Load upcoming fetches of the schedule within ``prefetch_bytes`` ahead."""
-        window = self.cfg.prefetch_bytes
-        if window <= 0 or not self.schedule.usable:
+        """Load upcoming fetches of the schedule (else of the prediction) within
+        the read-ahead window."""
+        window = self.readahead.window  # measured, see tiermem.store.readahead
+        if window <= 0 or not self.schedule.ordered:
             return
         ahead = 0
         for distance, (name, tier) in self.schedule.upcoming():

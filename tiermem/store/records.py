@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +61,7 @@ class LoadOp:
     issued: bool = False
     finished: bool = False
     error: BaseException | None = None
+    checksum: Future | None = None  # the CRC32C being computed after the read
 
 
 @dataclass(eq=False)
@@ -75,3 +77,4 @@ class FlushOp:
     pending: list = field(default_factory=list)
     finished: bool = False
     error: BaseException | None = None
+    checksum: Future | None = None  # the CRC32C being computed while the write runs

@@ -8,6 +8,10 @@ later passes replay it. While replaying, the store looks ahead with
 future (Belady's rule, as PatrickStar does with its chunk schedule). A fetch
 that differs from the recording warns once, drops the schedule (the store falls
 back to LRU and stops prefetching) and the next pass records anew.
+
+Before a recording exists, a :class:`PredictedOrder` given by the caller (the
+order it expects to fetch in) stands in for it: prefetch and next-use
+eviction follow the prediction, whose position follows the fetches made.
 """
 
 from __future__ import annotations
@@ -20,6 +24,56 @@ from tiermem.store.errors import StoreError, StoreScheduleWarning
 from tiermem.store.states import SCHEDULE_TRANSITIONS, ScheduleState, TierKind
 
 Key = tuple[str, TierKind]
+
+
+class PredictedOrder:
+    """The caller's guess of its fetch order, used until a recording replaces it.
+
+    [Note: a guess is never checked like a recording is. A fetch it expects
+    a little ahead (within ``reach`` entries) moves its position past that
+    entry; one it expected a little behind (a fetch that came later than
+    guessed), or not nearby at all (a tied weight gathered again, a
+    checkpoint's read), leaves the position alone. A far jump on such a
+    fetch would make everything in between look needed only next pass.]
+    """
+
+    def __init__(self, keys: list[Key], *, reach: int = 32) -> None:
+        self.entries: list[Key] = list(keys)
+        self.position = 0
+        self.reach = reach
+        self._uses: dict[Key, list[int]] = {}
+        for i, key in enumerate(self.entries):
+            self._uses.setdefault(key, []).append(i)
+
+    def observe(self, key: Key) -> None:
+        """Move past the expected fetch of ``key`` if it is just ahead (and
+        nearer than its last expected fetch behind)."""
+        uses = self._uses.get(key)
+        if not uses:
+            return
+        n, pos = len(self.entries), self.position
+        i = bisect.bisect_left(uses, pos)
+        ahead = (uses[i] if i < len(uses) else uses[0] + n) - pos  # 0: the one expected
+        behind = pos - (uses[i - 1] if i > 0 else uses[-1] - n)
+        if ahead < self.reach and ahead <= behind:
+            self.position = (pos + ahead + 1) % n
+
+    def upcoming(self, limit: int | None = None) -> Iterator[tuple[int, Key]]:
+        """(distance, key) of the expected fetches from the position on, one cycle at most."""
+        n = len(self.entries)
+        count = n if limit is None else min(n, limit)
+        for d in range(count):
+            yield d, self.entries[(self.position + d) % n]
+
+    def next_use(self, key: Key) -> int | None:
+        """Expected fetches until ``key`` is fetched (0: next); None if never."""
+        uses = self._uses.get(key)
+        if not uses:
+            return None
+        i = bisect.bisect_left(uses, self.position)
+        if i < len(uses):
+            return uses[i] - self.position
+        return len(self.entries) - self.position + uses[0]
 
 
 class PrefetchSchedule:
@@ -39,6 +93,18 @@ class PrefetchSchedule:
         #: (None: still held when the recording pass ended)
         self.releases: list[int | None] = []
         self._open: dict[Key, list[int]] = {}  # recorded fetches not released yet
+        self.predicted: PredictedOrder | None = None  # stands in until a recording exists
+
+    def predict(self, keys: list[Key]) -> None:
+        """Use ``keys`` as the expected fetch order while there is no recording
+        (an empty list: none)."""
+        self.predicted = PredictedOrder(keys) if keys else None
+
+    @property
+    def ordered(self) -> bool:
+        """True when prefetch and next-use eviction have an order to follow:
+        a complete recording, else a prediction."""
+        return self.usable or self.predicted is not None
 
     # ---- state ----
     def _move(self, new: ScheduleState) -> None:
@@ -113,6 +179,8 @@ class PrefetchSchedule:
 
         Returns False when the fetch diverged (the schedule is then invalid).
         """
+        if self.predicted is not None:
+            self.predicted.observe(key)
         if not self.in_pass:
             return True
         if self.state is ScheduleState.RECORDING:
@@ -147,8 +215,11 @@ class PrefetchSchedule:
         """(distance, key) of the fetches after the current position, one cycle at most.
 
         Distance 0 is the next fetch. Past the end of the pass the recording
-        starts over (the next pass repeats it).
+        starts over (the next pass repeats it). Without a recording: the prediction's.
         """
+        if not self.usable and self.predicted is not None:
+            yield from self.predicted.upcoming(limit)
+            return
         if not self.usable or not self.entries:
             return
         n = len(self.entries)
@@ -159,7 +230,7 @@ class PrefetchSchedule:
     def next_use(self, key: Key) -> int | None:
         """Fetches until ``key`` is fetched again (0: next); None if never."""
         if not self.usable:
-            return None
+            return None if self.predicted is None else self.predicted.next_use(key)
         uses = self._uses.get(key)
         if not uses:
             return None

@@ -26,15 +26,19 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from tiermem.store.checksums import ChecksumWorker
 from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreError
 from tiermem.store.nvme import Extent, NvmeTier, read_table
 from tiermem.store.paging import MEMORY_TIERS, Pager
+from tiermem.store.readahead import ReadAhead
 from tiermem.store.records import CopyRecord, EntryRecord, FlushOp, LoadOp
 from tiermem.store.schedule import PrefetchSchedule
 from tiermem.store.states import Residency, TierKind
@@ -51,8 +55,11 @@ class FetchHandle:
     tensor with :meth:`wait`. The tensor stays valid (and is never evicted)
     until :meth:`TensorStore.release`."""
 
-    def __init__(self, store: TensorStore, entry: EntryRecord, copy: CopyRecord) -> None:
+    def __init__(
+        self, store: TensorStore, entry: EntryRecord, copy: CopyRecord, *, late: bool = False
+    ) -> None:
         self._store = store
+        self._late = late  # a prefetch still in flight when fetched
         self._entry = entry
         self._copy = copy
         self._load = copy.load
@@ -74,7 +81,11 @@ class FetchHandle:
             if not load.finished:
                 t0 = time.perf_counter()
                 self._store._wait_load(load)
-                self._store.telemetry.stall(self.name, t0, time.perf_counter())
+                t1 = time.perf_counter()
+                self._store.telemetry.stall(self.name, t0, t1)
+                if self._late:
+                    self._store.readahead.on_late(self._entry.nbytes, t1 - t0)
+                    self._store.telemetry.late_prefetches += 1
             if load.error is not None:
                 self._load = None
                 self._copy.refs = max(self._copy.refs - 1, 0)
@@ -96,6 +107,7 @@ class TensorStore(Pager):
             raise TypeError(f"expected a StoreConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         self._closed = True
+        self._pid = os.getpid()
         self._entries: dict[str, EntryRecord] = {}
         self._loads: list[LoadOp] = []
         self._flushes: list[FlushOp] = []
@@ -103,6 +115,8 @@ class TensorStore(Pager):
         self._resident: dict[TierKind, dict[str, EntryRecord]] = {t: {} for t in TierKind}
         self._tick = 0
         self.schedule = PrefetchSchedule()
+        self._checksums = ChecksumWorker()
+        self.readahead = ReadAhead(cfg.prefetch_bytes, cfg.host_bytes // 2)
         self._device = DeviceTier(cfg.device_bytes)
         self._host = HostTier(cfg.host_bytes, pin_memory=cfg.pin_memory)
         self._nvme: NvmeTier | None = None
@@ -136,13 +150,43 @@ class TensorStore(Pager):
         return cls(replace(cfg, persistent=True))
 
     def _adopt(self, table: dict) -> None:
+        assert self._nvme is not None
+        where = f"store table in {self._nvme.dirs[0]}"
+        unverified = []
         for name, rec in table["tensors"].items():
-            dtype = DTYPES[dtype_name(rec["dtype"])]
-            numel = int(rec["numel"])
+            try:
+                dtype = DTYPES[dtype_name(rec.get("dtype"))]
+            except (ValueError, TypeError) as exc:
+                raise StoreError(f"{where}: tensor {name!r}: {exc}") from None
+            numel, crc = rec.get("numel"), rec.get("crc")
+            if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+                raise StoreError(f"{where}: tensor {name!r}: numel {numel!r} is not an int >= 0")
+            if crc is not None and (
+                not isinstance(crc, int) or isinstance(crc, bool) or not 0 <= crc < 1 << 32
+            ):
+                raise StoreError(f"{where}: tensor {name!r}: crc {crc!r} is not a CRC32C")
             e = self._new_entry(name, numel, dtype, TierKind.NVME)
-            e.extent = Extent(int(rec["offset"]), int(rec["length"]))
-            e.crc = rec.get("crc")
+            e.extent = Extent(int(rec["offset"]), int(rec["length"]))  # checked by the tier
+            if e.nbytes > e.extent.length:
+                raise StoreError(
+                    f"{where}: tensor {name!r}: {numel} {dtype_name(dtype)} elements "
+                    f"({e.nbytes} bytes) do not fit its extent of {e.extent.length} bytes"
+                )
+            e.crc = crc
+            if crc is None:
+                unverified.append(name)
             self._set(e, e.copies[TierKind.NVME], R.CLEAN)
+        if unverified and self.cfg.checksum:
+            # [Note: a record without a CRC (written with checksum off) cannot
+            #  be verified when read; said once, naming the tensors.]
+            shown = ", ".join(repr(n) for n in unverified[:5])
+            more = f" and {len(unverified) - 5} more" if len(unverified) > 5 else ""
+            warnings.warn(
+                f"{where}: no checksum recorded for tensor(s) {shown}{more} (written with "
+                "checksum off); their reads are not verified until they are written again",
+                UserWarning,
+                stacklevel=3,
+            )
 
     # ---- tiers ----
     def tier(self, kind: TierKind) -> MemoryTier | NvmeTier:
@@ -282,25 +326,31 @@ class TensorStore(Pager):
         if c.failed is not None:  # a prefetch of this copy failed: report it here
             error, c.failed = c.failed, None
             raise error
-        if c.state is R.EVICTING:
+        if c.state in (R.EVICTING, R.FLUSHING):
+            # [Note: a copy being written behind (FLUSHING) is not handed out
+            #  until the write is done: a caller could change it while it is
+            #  written, and a commit would then record an extent whose bytes
+            #  do not match the CRC taken when the write started.]
             self._wait_flush(c.flush)
         if tier is e.home and any(
             o.state in (R.DIRTY, R.FLUSHING) for o in e.copies.values() if o is not c
         ):
             self._write_back_entry(e, wait=True)
+        late = c.prefetched and c.state is R.LOADING
         if c.state.valid or c.state is R.LOADING:
             if c.prefetched:
                 self.telemetry.prefetch_hits += 1
             else:
                 self.telemetry.cache_hits += 1
         else:
-            if self.schedule.usable:
+            if self.schedule.ordered:
                 self.telemetry.prefetch_misses += 1
+            self.telemetry.demand_loads += 1
             self._start_load(e, tier, distance=None)
         c.prefetched = False
         c.refs += 1
         c.last_use = self._next_tick()
-        handle = FetchHandle(self, e, c)
+        handle = FetchHandle(self, e, c, late=late)
         self._prefetch()
         return handle
 
@@ -372,6 +422,25 @@ class TensorStore(Pager):
         self._touch(self._entry(name), c)
 
     # ---- passes ----
+    def predict(self, keys: Sequence[tuple[str, TierKind]]) -> None:
+        """The order the caller expects to fetch in, as ``(name, tier)`` pairs.
+
+        Until a pass has recorded the real order (and again after a recording
+        is dropped), prefetch and eviction follow this one, so the first passes
+        are not stall-bound. It need not be exact: fetches it does not expect
+        are ignored by it. An empty list removes it.
+        """
+        self._check_open()
+        order = []
+        for name, tier in keys:
+            self._entry(name)
+            tier = TierKind(tier)
+            if tier is TierKind.NVME:
+                raise ValueError(f"predict: {name!r} in NVME; fetches are into DEVICE or HOST")
+            order.append((name, tier))
+        self.schedule.predict(order)
+        self._prefetch()
+
     def begin_pass(self) -> None:
         """Start a pass over the access schedule (the first one records it)."""
         self._check_open()
@@ -382,6 +451,7 @@ class TensorStore(Pager):
         """End a pass; completes the recording on the first pass."""
         self._check_open()
         self.schedule.end_pass()
+        self.readahead.end_pass()
         self._pump(report=False)
         self._prefetch()
 
@@ -473,6 +543,12 @@ class TensorStore(Pager):
         memory and remove scratch files. Idempotent."""
         if self._closed:
             return
+        if os.getpid() != self._pid:
+            # [Note: a forked child that inherited the store (and closes it, or
+            #  finalizes it at exit) owns none of its files: writing back or
+            #  removing them would corrupt or delete the parent's swap space.]
+            self._closed = True
+            return
         try:
             for load in list(self._loads):
                 self._wait_load(load)
@@ -482,6 +558,7 @@ class TensorStore(Pager):
                 self.write_back()
         finally:
             self._closed = True
+            self._checksums.close()
             for e in self._entries.values():
                 for t in MEMORY_TIERS:
                     c = e.copies[t]

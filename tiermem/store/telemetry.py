@@ -42,6 +42,9 @@ class StoreTelemetry:
         self.prefetch_hits = 0
         self.prefetch_misses = 0
         self.prefetches_issued = 0
+        self.demand_loads = 0  # fetches that had to start their own load
+        self.stalls = 0  # waits for a load still in flight
+        self.late_prefetches = 0  # of them, waits for a prefetch issued too late
         self.write_backs = 0
         self.write_behinds = 0  # writes begun at a release, ahead of an eviction
         self.eviction_writes = 0  # dirty host copies whose write only began at eviction
@@ -70,6 +73,7 @@ class StoreTelemetry:
     def stall(self, name: str, start: float, end: float) -> None:
         """The caller waited from ``start`` to ``end`` for tensor ``name``."""
         self.stall_seconds += end - start
+        self.stalls += 1
         self._event("stall", name, start, end, 0)
 
     def checksum(self, nbytes: int, seconds: float) -> None:
@@ -98,6 +102,9 @@ class StoreTelemetry:
             "prefetch_hits": self.prefetch_hits,
             "prefetch_misses": self.prefetch_misses,
             "prefetches_issued": self.prefetches_issued,
+            "demand_loads": self.demand_loads,
+            "stalls": self.stalls,
+            "late_prefetches": self.late_prefetches,
             "evictions": {t.value: self.evictions.get(t, 0) for t in TierKind},
             "write_backs": self.write_backs,
             "write_behinds": self.write_behinds,

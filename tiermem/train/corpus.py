@@ -124,19 +124,42 @@ def load_corpus(budget: int = DEFAULT_BUDGET) -> Corpus:
 
 
 def batch_for_step(
-    corpus: Corpus, *, step: int, micro: int, batch_size: int, seq_len: int, seed: int
+    corpus: Corpus,
+    *,
+    step: int,
+    micro: int,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    accumulation: int = 1,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) of micro-batch ``micro`` of optimizer step ``step``.
+    """(inputs, targets) of this rank's micro-batch ``micro`` of optimizer step ``step``.
 
-    [Note: each batch is a function of (seed, step, micro) alone, so a run
-    resumed from a checkpoint at step k sees the batches an uninterrupted run
-    would have seen from step k on.]
+    ``batch_size`` is the micro-batch of one rank; the step's global batch is
+    ``batch_size * accumulation * world_size`` sequences, drawn at once and cut
+    into micro-batches (``micro`` of ``accumulation``) and those into rank slices.
+
+    [Note: each step's global batch is a function of (seed, step, its size)
+    alone, so a run resumed from a checkpoint at step k sees the batches an
+    uninterrupted run would have seen from step k on, and every split of the
+    same global batch over ranks and accumulation steps trains on the same
+    sequences: 1 process x 16, 2 ranks x 8 and 1 process x 8 x 2 steps give the
+    same loss curve. With accumulation 1 on one rank the draw is the one of
+    earlier versions, which drew each micro-batch on its own.]
     """
     n = corpus.num_tokens - seq_len - 1
     if n < 1:
         raise ValueError(f"corpus of {corpus.num_tokens} bytes is shorter than seq_len {seq_len}")
-    gen = torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + micro)
-    starts = torch.randint(0, n, (batch_size,), generator=gen)
+    if not (0 <= micro < accumulation and 0 <= rank < world_size):
+        raise ValueError(
+            f"micro-batch {micro} of {accumulation} on rank {rank} of {world_size}: out of range"
+        )
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + step) * 131)
+    starts = torch.randint(0, n, (batch_size * accumulation * world_size,), generator=gen)
+    first = (micro * world_size + rank) * batch_size
+    starts = starts[first : first + batch_size]
     offsets = torch.arange(seq_len + 1)
     windows = corpus.tokens[starts[:, None] + offsets[None, :]].long()
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()

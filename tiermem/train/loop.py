@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,12 @@ class TrainOptions:
         keep: keep the scratch directory at the end.
         checkpoint_dir: where the final checkpoint goes (None: no checkpoint).
         resume: load the latest checkpoint in ``checkpoint_dir`` first.
-        micro_batch_size: sequences per micro-batch (when the config has none).
+        micro_batch_size: sequences per micro-batch of one rank (when neither
+            ``batch_size`` nor the config sets a batch size).
+        batch_size: sequences per optimizer step over all ranks
+            (``train_batch_size``); None: the config's, else
+            ``micro_batch_size`` per rank.
+        accumulation: ``gradient_accumulation_steps``; None: the config's, else 1.
         seq_len: tokens per sequence; None: the preset's.
         corpus_bytes: size of the training text.
     """
@@ -82,6 +88,8 @@ class TrainOptions:
     checkpoint_dir: Path | None = None
     resume: bool = False
     micro_batch_size: int = 8
+    batch_size: int | None = None
+    accumulation: int | None = None
     seq_len: int | None = None
     corpus_bytes: int = 2 << 20
 
@@ -132,6 +140,9 @@ class TrainResult:
     elapsed_seconds: float = 0.0
     device: str = "cpu"
     interrupted: bool = False
+    world_size: int = 1
+    backend: str = "none"
+    batch: dict[str, int] = field(default_factory=dict)  # global, micro, accumulation
 
     @property
     def steps_run(self) -> int:
@@ -244,6 +255,8 @@ def _build(opts: TrainOptions, scratch: Path) -> tuple[GPT, TiermemConfig, Corpu
         lr=DEFAULT_LR,
         scratch=scratch,
         hidden_size=gpt_cfg.hidden_size,
+        batch_size=opts.batch_size,
+        accumulation=opts.accumulation,
     )
     config = build_run_config(
         shape, config_file=opts.config_file, nvme_override=opts.nvme_path_given
@@ -292,6 +305,13 @@ def train(
             scratch_removed=False,
             start_step=0,
             device=str(engine.device),
+            world_size=engine.comm.world_size,
+            backend=engine.comm.backend,
+            batch={
+                "global": engine.settings.train_batch_size,
+                "micro": engine.settings.micro_batch_size,
+                "accumulation": engine.gradient_accumulation_steps,
+            },
         )
         history: list[float] = []
         if opts.resume:
@@ -316,6 +336,14 @@ def train(
                 )
             history = [float(x) for x in client.get("losses", [])][: result.start_step]
             result.prior_losses = history
+            saved_batch = client.get("batch_size", result.batch["global"])
+            if saved_batch != result.batch["global"]:
+                warnings.warn(
+                    f"--resume: the checkpoint was trained with {saved_batch} sequences per "
+                    f"step and this run has {result.batch['global']}; the loss curve will "
+                    "differ from an uninterrupted run (pass --batch-size to keep it)",
+                    stacklevel=2,
+                )
         if on_start is not None:
             on_start(result)
         _run_steps(engine, corpus, opts, result, on_step, should_stop)
@@ -324,6 +352,7 @@ def train(
                 "step": result.start_step + result.steps_run,
                 "model": opts.model,
                 "seed": opts.seed,
+                "batch_size": result.batch["global"],
                 "losses": history + [r.loss for r in result.records],
             }
             result.checkpoint = _save_checkpoint(
@@ -366,6 +395,7 @@ def _run_steps(
     should_stop: Callable[[], bool] | None,
 ) -> None:
     stores = engine_stores(engine)
+    comm = engine.comm
     gas = engine.gradient_accumulation_steps
     micro = engine.settings.micro_batch_size
     seq_len = result.model.seq_len
@@ -380,7 +410,15 @@ def _run_steps(
         losses = []
         for m in range(gas):
             idx, tgt = batch_for_step(
-                corpus, step=step, micro=m, batch_size=micro, seq_len=seq_len, seed=opts.seed
+                corpus,
+                step=step,
+                micro=m,
+                batch_size=micro,
+                seq_len=seq_len,
+                seed=opts.seed,
+                accumulation=gas,
+                rank=comm.rank,
+                world_size=comm.world_size,
             )
             idx, tgt = idx.to(device), tgt.to(device)
             t0 = time.perf_counter()
@@ -396,15 +434,18 @@ def _run_steps(
                 ComputeSpan("backward", step, t1, t2),
                 ComputeSpan("step", step, t2, t3),
             ]
+        # with several ranks, the mean over all ranks' micro-batches: what one
+        # process on the whole batch reports
+        loss = comm.all_reduce_scalar(sum(losses) / len(losses), device=device)
         seconds = time.perf_counter() - t_step
         after = _merge_snapshots(stores)
         moved = {
             pair: n - before["bytes_moved"].get(pair, 0) for pair, n in after["bytes_moved"].items()
         }
-        tokens = gas * micro * seq_len
+        tokens = gas * micro * seq_len * comm.world_size
         record = StepRecord(
             step=step + 1,
-            loss=sum(losses) / len(losses),
+            loss=loss / comm.world_size,
             lr=lrs[0] if lrs else 0.0,
             seconds=seconds,
             tokens=tokens,
@@ -417,6 +458,20 @@ def _run_steps(
         result.elapsed_seconds = time.perf_counter() - t_run
         if on_step is not None:
             on_step(record)
-        if should_stop is not None and step + 1 < opts.steps and should_stop():
+        if step + 1 < opts.steps and _stop_agreed(comm, should_stop, device):
             result.interrupted = True
             break
+
+
+def _stop_agreed(comm: Any, should_stop: Callable[[], bool] | None, device: Any) -> bool:
+    """Whether any rank's ``should_stop`` says so.
+
+    [Note: Ctrl-C reaches the ranks one by one, so they could see it after
+    different steps; a rank that stopped alone would wait for the others in
+    the checkpoint while they wait for it in the next step. So the ranks stop
+    together, after the first step at whose end any of them was asked to.]
+    """
+    stop = should_stop is not None and should_stop()
+    if comm.world_size > 1:
+        stop = comm.all_reduce_scalar(float(stop), device=device) > 0
+    return stop

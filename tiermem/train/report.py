@@ -73,6 +73,8 @@ def run_json(result: TrainResult, *, history: bool = True) -> dict[str, Any]:
         },
         "corpus": {"source": result.corpus_source, "tokens": result.corpus_tokens},
         "device": result.device,
+        "ranks": {"world_size": result.world_size, "backend": result.backend},
+        "batch": dict(result.batch),
         "offload": {
             "stage": zero.stage,
             "param": zero.offload_param.device,
@@ -351,6 +353,12 @@ def format_summary(doc: dict[str, Any]) -> list[str]:
         f"{where.get(param, param)}, optimizer states on {where.get(optim, optim)}; "
         f"compute on {doc['device']}",
     ]
+    batch, ranks = doc.get("batch"), doc.get("ranks", {}).get("world_size", 1)
+    if batch:
+        split = f"{batch['micro']} per micro-batch x {batch['accumulation']} accumulation"
+        if ranks > 1:
+            split += f" x {ranks} ranks ({doc['ranks']['backend']})"
+        lines.append(f"batch     {batch['global']} sequences per step: {split}")
     if loss["first"] is not None:
         lines.append(
             f"loss      {loss['first']:.3f} -> {loss['last']:.3f} "
@@ -362,7 +370,8 @@ def format_summary(doc: dict[str, Any]) -> list[str]:
         + (" (interrupted)" if doc["interrupted"] else "")
     )
     moved = ", ".join(f"{pair} {_bytes(n)}" for pair, n in io["bytes_moved"].items() if n)
-    lines.append(f"I/O       {moved or 'no bytes moved between tiers'}")
+    label = "I/O (rank 0's)" if ranks > 1 else "I/O"  # each rank pages its own shards
+    lines.append(f"{label:<9} {moved or 'no bytes moved between tiers'}")
     hits, misses = io["prefetch_hits"], io["prefetch_misses"]
     prefetch = f"; prefetch hits {hits}/{hits + misses}" if hits + misses else ""
     lines.append(

@@ -34,10 +34,15 @@ class RunShape:
 
     Attributes:
         steps: optimizer steps of the whole run (the schedule's length).
-        micro_batch_size: sequences per micro-batch.
+        micro_batch_size: sequences per micro-batch of one rank, where neither
+            ``batch_size`` nor the config file sets a batch size.
         lr: peak learning rate.
         scratch: the directory the NVMe offload writes to.
         hidden_size: the model's width (for the prefetch window).
+        batch_size: sequences per optimizer step over all ranks
+            (``train_batch_size``; replaces the config file's); None: not set.
+        accumulation: ``gradient_accumulation_steps`` (replaces the config
+            file's); None: not set.
     """
 
     steps: int
@@ -45,6 +50,8 @@ class RunShape:
     lr: float
     scratch: Path
     hidden_size: int
+    batch_size: int | None = None
+    accumulation: int | None = None
 
 
 def _bf16_ok() -> bool:
@@ -79,8 +86,7 @@ def default_config(shape: RunShape) -> dict[str, Any]:
     #  store's host budget holds a fraction of the model's state and each step
     #  really reads and writes the swap files, which is what the run shows.]
     return {
-        "train_micro_batch_size_per_gpu": shape.micro_batch_size,
-        "gradient_accumulation_steps": 1,
+        **_batch_sizes(shape, {}),
         "gradient_clipping": 1.0,
         "optimizer": _optimizer(shape.lr),
         "scheduler": _scheduler(shape.steps),
@@ -95,6 +101,29 @@ def default_config(shape: RunShape) -> dict[str, Any]:
     }
 
 
+_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+def _batch_sizes(shape: RunShape, given: dict[str, Any]) -> dict[str, Any]:
+    """The batch keys of the run: ``given`` (a config file's) with the command line's
+    ``batch_size`` and ``accumulation`` over them.
+
+    [Note: with N ranks the engine resolves these by DeepSpeed's rule
+    ``train_batch_size = micro x accumulation x N``. ``--batch-size`` sets the
+    global batch, so the micro-batch per rank shrinks as ranks are added and
+    the loss curve stays that of one process; without it the micro-batch per
+    rank is fixed and the global batch grows with the ranks, as in DeepSpeed.]
+    """
+    out = {k: given[k] for k in _BATCH_KEYS if k in given}
+    if shape.batch_size is not None:
+        out["train_batch_size"] = shape.batch_size
+    if shape.accumulation is not None:
+        out["gradient_accumulation_steps"] = shape.accumulation
+    if not any(k in out for k in _BATCH_KEYS[:2]):
+        out["train_micro_batch_size_per_gpu"] = shape.micro_batch_size
+    return out
+
+
 def _load_user_json(path: Path) -> dict[str, Any]:
     # the file parsed in _check_as_given, so it is readable JSON and an object
     with open(path, encoding="utf-8-sig") as handle:
@@ -103,9 +132,10 @@ def _load_user_json(path: Path) -> dict[str, Any]:
 
 def _complete(raw: dict[str, Any], shape: RunShape, *, nvme_override: bool) -> dict[str, Any]:
     out = copy.deepcopy(raw)
-    batch_keys = ("train_batch_size", "train_micro_batch_size_per_gpu")
-    if not any(k in out for k in batch_keys):
-        out["train_micro_batch_size_per_gpu"] = shape.micro_batch_size
+    batch = _batch_sizes(shape, out)
+    for key in _BATCH_KEYS:
+        out.pop(key, None)
+    out.update(batch)
     if out.get("optimizer") is None:
         out["optimizer"] = _optimizer(shape.lr)
     scheduler = out.get("scheduler")
