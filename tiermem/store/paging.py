@@ -33,7 +33,7 @@ R = Residency
 MEMORY_TIERS = (TierKind.DEVICE, TierKind.HOST)
 _INF = float("inf")
 #: refusals a prefetch by the prediction looks past for a clean victim (see Pager._victim)
-_PREDICTED_SKIPS = 64
+_PREDICTED_SKIPS = 16
 
 
 class Pager:
