@@ -184,12 +184,8 @@ class TiermemEngine:
             self._build_grad_path()
             self._build_optimizer(client_optimizer, model_parameters)
             self.lr_scheduler = self._build_lr_scheduler(lr_scheduler)
-            self.placements.predict(  # until the stores record the real order
-                [(g.key, g.index, g.trainable) for g in self.groups],
-                accumulation_steps=self.gradient_accumulation_steps,
-                update_in_backward=self.settings.gradient_clipping <= 0
-                and self.precision.kind != "fp16",
-            )
+            self._predicted_in_backward: bool | None = None
+            self._predict_order()  # until the stores record the real order
         except BaseException:
             # [Note: a failed start (a full swap disk) closes the stores it opened
             #  now, removing their scratch files, instead of whenever the engine
@@ -612,6 +608,29 @@ class TiermemEngine:
     def _count_backwards(self) -> None:
         self._one_backward_per_step = self._boundary_backwards == 1
         self._boundary_backwards = 0
+        self._predict_order()
+
+    def _predict_order(self) -> None:
+        """Give the stores the order the next step is expected to fetch in.
+
+        [Note: whether a step updates each group in backward depends on the step
+        before it (``_one_backward_per_step``, see backward), so the first step
+        never does: it is predicted with the gradients read back by step(), and
+        predicted again once that changes.]
+        """
+        in_backward = (
+            self._one_backward_per_step
+            and self.settings.gradient_clipping <= 0
+            and self.precision.kind != "fp16"
+        )
+        if in_backward == self._predicted_in_backward:
+            return
+        self._predicted_in_backward = in_backward
+        self.placements.predict(
+            [(g.key, g.index, g.trainable) for g in self.groups],
+            accumulation_steps=self.gradient_accumulation_steps,
+            update_in_backward=in_backward,
+        )
 
     def _skip_step(self, zero_grads: bool) -> bool:
         self._count_backwards()
