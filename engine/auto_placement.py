@@ -114,6 +114,7 @@ def plan_placement(
         param_buffer_count=param.buffer_count,
         optimizer_buffer_count=opt.buffer_count,
         sub_group_size=zero.sub_group_size or WHOLE_SHARD,
+        sub_group_split_params=zero.sub_group_split_params,
         prefetch_bucket_size=int(zero.stage3_prefetch_bucket_size),
         param_persistence_threshold=int(zero.stage3_param_persistence_threshold),
         # the model exists already: its bytes are gone from the available memory

@@ -130,10 +130,10 @@ class _StoreAccess(OptimizerStateAccess):
         return list(self.opt._chunks[key]) or [(0, 0)]
 
     def _index(self, key: int, lo: int, hi: int) -> int:
-        try:
-            return self.opt._chunks[key].index((lo, hi))
-        except ValueError:
-            raise ValueError(f"[{lo}, {hi}) is not a sub-group of shard {key}") from None
+        index = self.opt.chunk_index(key, lo, hi)
+        if index is None:
+            raise ValueError(f"[{lo}, {hi}) is not a sub-group of shard {key}")
+        return index
 
     @contextmanager
     def _packed(self, key: int, lo: int, hi: int, *, dirty: bool):

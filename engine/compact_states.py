@@ -32,6 +32,7 @@ from tiermem.engine.optimizer_step import (
     _host_grad,
     _HostTarget,
     split_by_hyper,
+    sub_groups,
 )
 
 __all__ = [
@@ -198,7 +199,9 @@ def _step(
 class _CompactBase(ShardOptimizer):
     """Sub-group buffers keyed by (shard key, index); subclasses say where they live."""
 
-    def __init__(self, *, sub_group_size: int, state_dtype: str, quant_block: int) -> None:
+    def __init__(
+        self, *, sub_group_size: int, state_dtype: str, quant_block: int, split_params: bool = False
+    ) -> None:
         if sub_group_size <= 0:
             raise ValueError(f"sub_group_size must be positive, got {sub_group_size}")
         if adam.check_state_dtype(state_dtype) == "fp32":
@@ -206,7 +209,9 @@ class _CompactBase(ShardOptimizer):
         self.sub_group_size = int(sub_group_size)
         self.state_dtype = state_dtype
         self.quant_block = adam.check_quant_block(quant_block)
+        self.split_params = bool(split_params)
         self._chunks: dict[int, list[tuple[int, int]]] = {}
+        self._chunk_index: dict[int, dict[tuple[int, int], int]] = {}
 
     def layout(self, n: int) -> PackedLayout:
         return PackedLayout(n, self.state_dtype, self.quant_block)
@@ -224,11 +229,12 @@ class _CompactBase(ShardOptimizer):
     def _forget(self, key: int, index: int) -> None:
         raise NotImplementedError
 
-    def add(self, key: int, master: torch.Tensor) -> None:
+    def add(self, key: int, master: torch.Tensor, starts: Sequence[int] | None = None) -> None:
         flat = master.detach().reshape(-1).to("cpu", torch.float32)
         chunks = []
-        for index, lo in enumerate(range(0, flat.numel(), self.sub_group_size)):
-            hi = min(flat.numel(), lo + self.sub_group_size)
+        # the same sub-groups as the fp32 tiers: runs of whole parameters (see sub_groups)
+        bounds = sub_groups(flat.numel(), self.sub_group_size, starts, split=self.split_params)
+        for index, (lo, hi) in enumerate(bounds):
             lay = self.layout(hi - lo)
             buf = torch.zeros(lay.nbytes, dtype=torch.uint8)
             zeros = torch.zeros(hi - lo)
@@ -236,6 +242,11 @@ class _CompactBase(ShardOptimizer):
             self._put(key, index, buf)
             chunks.append((lo, hi))
         self._chunks[key] = chunks
+        self._chunk_index[key] = {c: i for i, c in enumerate(chunks)}
+
+    def chunk_index(self, key: int, lo: int, hi: int) -> int | None:
+        """The index of sub-group ``[lo, hi)`` of shard ``key``; None if it is not one."""
+        return self._chunk_index.get(key, {}).get((lo, hi))
 
     def step(self, items: Sequence[StepItem], hyper: AdamHyper, *, grad_scale: float) -> None:
         for item in items:
@@ -262,6 +273,7 @@ class _CompactBase(ShardOptimizer):
         return {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
 
     def drop(self, key: int) -> None:
+        self._chunk_index.pop(key, None)
         for index in range(len(self._chunks.pop(key, []))):
             self._forget(key, index)
 
@@ -289,10 +301,10 @@ class _CompactAccess(OptimizerStateAccess):
         return list(self.opt._chunks[key]) or [(0, 0)]
 
     def _index(self, key: int, lo: int, hi: int) -> int:
-        try:
-            return self.opt._chunks[key].index((lo, hi))
-        except ValueError:
-            raise ValueError(f"[{lo}, {hi}) is not a sub-group of shard {key}") from None
+        index = self.opt.chunk_index(key, lo, hi)  # a dict: a checkpoint stays O(sub-groups)
+        if index is None:
+            raise ValueError(f"[{lo}, {hi}) is not a sub-group of shard {key}")
+        return index
 
     @contextmanager
     def read(self, key: int, lo: int, hi: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -327,10 +339,19 @@ class CompactHostShardOptimizer(_CompactBase):
     placement = "cpu"
 
     def __init__(
-        self, *, sub_group_size: int, state_dtype: str, quant_block: int, pin_memory: bool = False
+        self,
+        *,
+        sub_group_size: int,
+        state_dtype: str,
+        quant_block: int,
+        pin_memory: bool = False,
+        split_params: bool = False,
     ) -> None:
         super().__init__(
-            sub_group_size=sub_group_size, state_dtype=state_dtype, quant_block=quant_block
+            sub_group_size=sub_group_size,
+            state_dtype=state_dtype,
+            quant_block=quant_block,
+            split_params=split_params,
         )
         self.pin = bool(pin_memory) and torch.cuda.is_available()
         self._bufs: dict[tuple[int, int], torch.Tensor] = {}
@@ -350,6 +371,7 @@ class CompactHostShardOptimizer(_CompactBase):
     def close(self) -> None:
         self._bufs.clear()
         self._chunks.clear()
+        self._chunk_index.clear()
 
 
 class CompactNvmeShardOptimizer(_CompactBase):
@@ -358,9 +380,20 @@ class CompactNvmeShardOptimizer(_CompactBase):
 
     placement = "nvme"
 
-    def __init__(self, store, *, sub_group_size: int, state_dtype: str, quant_block: int) -> None:
+    def __init__(
+        self,
+        store,
+        *,
+        sub_group_size: int,
+        state_dtype: str,
+        quant_block: int,
+        split_params: bool = False,
+    ) -> None:
         super().__init__(
-            sub_group_size=sub_group_size, state_dtype=state_dtype, quant_block=quant_block
+            sub_group_size=sub_group_size,
+            state_dtype=state_dtype,
+            quant_block=quant_block,
+            split_params=split_params,
         )
         self.store = store
 
@@ -417,3 +450,4 @@ class CompactNvmeShardOptimizer(_CompactBase):
 
     def close(self) -> None:
         self._chunks.clear()
+        self._chunk_index.clear()

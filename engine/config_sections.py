@@ -132,6 +132,12 @@ class ZeroConfig(Section):
 
     Sizes are in elements, as in DeepSpeed. ``overlap_comm`` left unset becomes
     True at stage 3 and False otherwise (DeepSpeed's rule).
+
+    ``sub_group_size`` is DeepSpeed's: the most elements of whole parameters the
+    offloaded optimizer step reads, updates and writes as one unit; a parameter
+    larger than it is a sub-group of its own, never cut. ``sub_group_split_params``
+    (a tiermem extension, default false) cuts parameters every
+    ``sub_group_size`` elements instead.
     """
 
     PATH: ClassVar[str] = "zero_optimization"
@@ -191,6 +197,7 @@ class ZeroConfig(Section):
         kind="section", section=OffloadOptimizerConfig
     )
     sub_group_size: int = setting(1_000_000_000, kind="int", lo=0)
+    sub_group_split_params: bool = setting(False, kind="bool")
     stage3_prefetch_bucket_size: int | Auto = setting(50_000_000, kind="int", lo=0, auto=True)
     stage3_max_live_parameters: int = setting(1_000_000_000, kind="int", lo=0)
     stage3_max_reuse_distance: int = setting(1_000_000_000, kind="int", lo=0)

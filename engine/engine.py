@@ -184,7 +184,8 @@ class TiermemEngine:
             self._build_grad_path()
             self._build_optimizer(client_optimizer, model_parameters)
             self.lr_scheduler = self._build_lr_scheduler(lr_scheduler)
-            self._predict(update_in_backward=False)  # the first step never overlaps
+            self._predicted_in_backward: bool | None = None
+            self._predict_order()  # until the stores record the real order
         except BaseException:
             # [Note: a failed start (a full swap disk) closes the stores it opened
             #  now, removing their scratch files, instead of whenever the engine
@@ -603,25 +604,31 @@ class TiermemEngine:
         self._end_pass()
         return True
 
-    def _predict(self, *, update_in_backward: bool) -> None:
-        """Tell the stores the order a step is expected to fetch in (until they record it)."""
+    def _count_backwards(self) -> None:
+        self._one_backward_per_step = self._boundary_backwards == 1
+        self._boundary_backwards = 0
+        self._predict_order()
+
+    def _predict_order(self) -> None:
+        """Give the stores the order the next step is expected to fetch in.
+
+        [Note: whether a step updates each group in backward depends on the step
+        before it (``_one_backward_per_step``, see backward), so the first step
+        never does: it is predicted with the gradients read back by step(), and
+        predicted again once that changes.]
+        """
+        in_backward = self._one_backward_per_step and self._overlap_allowed()
+        if in_backward == self._predicted_in_backward:
+            return
+        self._predicted_in_backward = in_backward
         self.placements.predict(
             [(g.key, g.index, g.trainable) for g in self.groups],
             accumulation_steps=self.gradient_accumulation_steps,
-            update_in_backward=update_in_backward,
+            update_in_backward=in_backward,
         )
 
-    def _count_backwards(self) -> None:
-        overlapping = self._one_backward_per_step
-        self._one_backward_per_step = self._boundary_backwards == 1
-        self._boundary_backwards = 0
-        if self._one_backward_per_step and not overlapping and self._overlap_allowed():
-            # [Note: from the next step on groups are updated as their gradients
-            #  land (see backward); the prediction, used until a recording exists,
-            #  follows.]
-            self._predict(update_in_backward=True)
-
     def _overlap_allowed(self) -> bool:
+        """Whether the config lets a step update groups as their gradients land."""
         return self.settings.gradient_clipping <= 0 and self.precision.kind != "fp16"
 
     def _skip_step(self, zero_grads: bool) -> bool:

@@ -11,11 +11,13 @@ sub-groups.
   store tensor homed on NVMe; a gather fetches it into host memory, copies it
   out and releases it; an update fetches it, lets the CPU Adam write the new
   values into it, and releases it dirty.
-* :class:`NvmeShardOptimizer`: each sub-group (at most ``sub_group_size``
-  elements of one shard) is one store tensor ``[master | exp_avg | exp_avg_sq]``
-  in fp32. The step runs down the sub-groups fetching the next one before
-  updating the current and releasing it dirty, so the read of sub-group
-  ``i + 1``, the update of ``i`` and the write-back of ``i - 1`` overlap.
+* :class:`NvmeShardOptimizer`: each sub-group (whole parameters of one shard,
+  at most ``sub_group_size`` elements unless one parameter alone is larger; see
+  :func:`~tiermem.engine.optimizer_step.sub_groups`) is one store tensor
+  ``[master | exp_avg | exp_avg_sq]`` in fp32. The step runs down the
+  sub-groups fetching the next one before updating the current and releasing
+  it dirty, so the read of sub-group ``i + 1``, the update of ``i`` and the
+  write-back of ``i - 1`` overlap.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tiermem.engine.optimizer_step import (
     _HostTarget,
     _kernel,
     split_by_hyper,
+    sub_groups,
 )
 from tiermem.engine.param_home import ParamHome
 from tiermem.store import FetchHandle, StoreConfig, TensorStore, TierKind
@@ -256,27 +259,36 @@ class NvmeShardOptimizer(ShardOptimizer):
 
     placement = "nvme"
 
-    def __init__(self, store: TensorStore, *, sub_group_size: int) -> None:
+    def __init__(
+        self, store: TensorStore, *, sub_group_size: int, split_params: bool = False
+    ) -> None:
         if sub_group_size <= 0:
             raise ValueError(f"sub_group_size must be positive, got {sub_group_size}")
         self.store = store
         self.sub_group_size = int(sub_group_size)
+        self.split_params = bool(split_params)
         self._chunks: dict[int, list[tuple[int, int]]] = {}
+        self._chunk_index: dict[int, dict[tuple[int, int], int]] = {}
 
     @staticmethod
     def _name(key: int, index: int) -> str:
         return f"adam.{key}.{index}"
 
-    def add(self, key: int, master: torch.Tensor) -> None:
+    def add(self, key: int, master: torch.Tensor, starts: Sequence[int] | None = None) -> None:
         flat = master.detach().reshape(-1).to("cpu", torch.float32)
         chunks = []
-        for index, lo in enumerate(range(0, flat.numel(), self.sub_group_size)):
-            hi = min(flat.numel(), lo + self.sub_group_size)
+        bounds = sub_groups(flat.numel(), self.sub_group_size, starts, split=self.split_params)
+        for index, (lo, hi) in enumerate(bounds):
             packed = torch.zeros(3 * (hi - lo), dtype=torch.float32)
             packed[: hi - lo].copy_(flat[lo:hi])
             self.store.register(self._name(key, index), packed.numel(), torch.float32, init=packed)
             chunks.append((lo, hi))
         self._chunks[key] = chunks
+        self._chunk_index[key] = {c: i for i, c in enumerate(chunks)}
+
+    def chunk_index(self, key: int, lo: int, hi: int) -> int | None:
+        """The index of sub-group ``[lo, hi)`` of shard ``key``; None if it is not one."""
+        return self._chunk_index.get(key, {}).get((lo, hi))
 
     def step(self, items: Sequence[StepItem], hyper: AdamHyper, *, grad_scale: float) -> None:
         plan = [
@@ -335,6 +347,7 @@ class NvmeShardOptimizer(ShardOptimizer):
         return out
 
     def drop(self, key: int) -> None:
+        self._chunk_index.pop(key, None)
         for index in range(len(self._chunks.pop(key, []))):
             self.store.drop(self._name(key, index))
 
@@ -351,6 +364,7 @@ class NvmeShardOptimizer(ShardOptimizer):
 
     def close(self) -> None:
         self._chunks.clear()
+        self._chunk_index.clear()
 
 
 def predict_fetch_order(

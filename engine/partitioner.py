@@ -114,7 +114,7 @@ class Partitioner:
         self.comm.broadcast(full, src=0)
         if group.trainable:
             self.placements.shard_optimizer.add(
-                layout.key, full[layout.shard_start : layout.shard_end]
+                layout.key, full[layout.shard_start : layout.shard_end], _param_starts(layout)
             )
         group.install(full)
         return group
@@ -125,7 +125,9 @@ class Partitioner:
         lay = group.layout
         if group.trainable:
             self.placements.shard_optimizer.drop(lay.key)
-            self.placements.shard_optimizer.add(lay.key, full_fp32[lay.shard_start : lay.shard_end])
+            self.placements.shard_optimizer.add(
+                lay.key, full_fp32[lay.shard_start : lay.shard_end], _param_starts(lay)
+            )
         group.set_values(full_fp32)
 
     def drop(self, group: FlatParamGroup) -> None:
@@ -136,3 +138,9 @@ class Partitioner:
             group.refs, group.persistent = 0, False
             group.free()
             self.placements.home.drop(group.key)
+
+
+def _param_starts(layout: GroupLayout) -> list[int]:
+    """Shard offsets where the layout's parameters begin (inside this rank's shard)."""
+    lo, hi = layout.shard_start, layout.shard_end
+    return [s.offset - lo for s in layout.slots if lo < s.offset < hi]

@@ -111,12 +111,14 @@ def _compact_optimizer(
             sub_group_size=zero.sub_group_size,
             state_dtype=state_dtype,
             quant_block=QUANT_BLOCK,
+            split_params=zero.sub_group_split_params,
         )
     return CompactHostShardOptimizer(
         sub_group_size=zero.sub_group_size,
         state_dtype=state_dtype,
         quant_block=QUANT_BLOCK,
         pin_memory=zero.pin_memory and opt_where == "cpu",
+        split_params=zero.sub_group_split_params,
     )
 
 
@@ -140,7 +142,10 @@ def build_placements(
     largest_shard = max(1, int(largest_shard))
     elem = torch.empty((), dtype=dtype).element_size()
     param_bytes = _round_up(largest_shard * elem)
-    sub_group = min(zero.sub_group_size, largest_shard)
+    # [Note: without sub_group_split_params a sub-group holds whole parameters, so a
+    #  parameter larger than sub_group_size makes one as large as its shard.]
+    largest_sub_group = zero.sub_group_size if zero.sub_group_split_params else largest_shard
+    sub_group = min(largest_sub_group, largest_shard)
     chunk_bytes = _round_up(sub_group * 12)
     if settings.optimizer is not None and settings.optimizer.state_dtype != "fp32":
         from tiermem.engine.compact_states import PackedLayout
@@ -208,10 +213,16 @@ def build_placements(
         #  passes over memory per step (1.5 s of a 3.8 s step on the bench GPT).
         #  The trajectory then matches plain torch within the CPU kernel's
         #  tolerance rather than bit for bit.]
-        shard_optimizer = HostShardOptimizer(sub_group_size=zero.sub_group_size, pin_memory=False)
+        shard_optimizer = HostShardOptimizer(
+            sub_group_size=zero.sub_group_size,
+            pin_memory=False,
+            split_params=zero.sub_group_split_params,
+        )
     elif opt_where == "cpu":
         shard_optimizer = HostShardOptimizer(
-            sub_group_size=zero.sub_group_size, pin_memory=zero.pin_memory
+            sub_group_size=zero.sub_group_size,
+            pin_memory=zero.pin_memory,
+            split_params=zero.sub_group_split_params,
         )
     else:
         from tiermem.engine.nvme_tiers import NvmeShardOptimizer
@@ -219,6 +230,7 @@ def build_placements(
         shard_optimizer = NvmeShardOptimizer(
             store_for(zero.optimizer_nvme_path, "zero_optimization.offload_optimizer.nvme_path"),
             sub_group_size=zero.sub_group_size,
+            split_params=zero.sub_group_split_params,
         )
     if opt_where == "nvme":
         grads: GradAccumulators = StoreGradAccumulators(

@@ -51,6 +51,7 @@ class ZeroSettings:
     param_buffer_size: int
     optimizer_buffer_count: int
     sub_group_size: int
+    sub_group_split_params: bool
     prefetch_bucket_size: int
     max_live_parameters: int
     param_persistence_threshold: int
@@ -145,9 +146,10 @@ def engine_settings(config: Any, *, world_size: int, model: Any = None) -> Engin
         param_buffer_size=op.buffer_size,
         optimizer_buffer_count=oo.buffer_count,
         # [Note: DeepSpeed's sub_group_size 0 makes each parameter a sub-group of its
-        #  own; tiermem's finest optimizer sub-group is a module group's whole shard,
-        #  so 0 means "never split a shard".]
+        #  own; tiermem keeps integ's meaning, "no bound": a module group's whole
+        #  shard is one sub-group (whole parameters, so split_params has nothing to cut).]
         sub_group_size=z.sub_group_size or WHOLE_SHARD,
+        sub_group_split_params=z.sub_group_split_params,
         prefetch_bucket_size=int(z.stage3_prefetch_bucket_size),
         max_live_parameters=z.stage3_max_live_parameters,
         param_persistence_threshold=int(z.stage3_param_persistence_threshold),

@@ -58,6 +58,7 @@ def config(nvme: Path, *, tight: bool) -> dict:
         "zero_optimization": {
             "stage": 3,
             "sub_group_size": 256 if tight else 1_000_000,
+            "sub_group_split_params": tight,  # 256-element pieces, cut through parameters
             "offload_param": offload(),
             "offload_optimizer": offload(),
             "stage3_param_persistence_threshold": 0,

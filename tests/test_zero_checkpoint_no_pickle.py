@@ -22,7 +22,9 @@ PICKLE_MARKS = [bytes([0x80, proto]) for proto in range(2, 6)] + [b"cnumpy", b"c
 def test_checkpoint_files_are_json_and_safetensors_only(tmp_path):
     cfg = config(stage=3)
     nvme = {"device": "nvme", "nvme_path": str(tmp_path / "swap"), "buffer_count": 1}
-    cfg["zero_optimization"].update(offload_param=nvme, offload_optimizer=nvme, sub_group_size=500)
+    cfg["zero_optimization"].update(
+        offload_param=nvme, offload_optimizer=nvme, sub_group_size=500, sub_group_split_params=True
+    )
     engine, *_ = tiermem.initialize(model=make_model(), config=cfg)
     idx, tgt = make_batches(1)[0]
     engine.backward(engine(idx, tgt))
@@ -41,7 +43,7 @@ def test_checkpoint_files_are_json_and_safetensors_only(tmp_path):
     manifest = json.loads(manifest_raw)["manifest"]
     assert manifest["client_state"] == {"note": "hello"}
     tensors = load_file(path / "rank00000.safetensors")
-    assert len(tensors) > 4 * len(manifest["params"])  # 500-element sub-groups split params
+    assert len(tensors) > 4 * len(manifest["params"])  # split 500-element sub-groups cut params
     raw = (path / "rank00000.safetensors").read_bytes()
     (hlen,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + hlen])

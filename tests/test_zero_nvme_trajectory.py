@@ -1,8 +1,9 @@
 """NVMe offload through the tiered store: same trajectory as plain PyTorch, bytes really on disk.
 
 The store's host budget is sized from the buffer counts; with one buffer
-and 1000-element optimizer sub-groups it holds a fraction of the tiny
-model, so every step reads and writes the swap files.
+and 1000-element optimizer sub-groups cut through the parameters
+(``sub_group_split_params``) it holds a fraction of the tiny model, so every
+step reads and writes the swap files.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def nvme_config(path, *, param: str, optimizer: str, precision: str) -> dict:
         extra={
             "zero_optimization": {
                 "sub_group_size": 1000,
+                "sub_group_split_params": True,
                 "offload_param": section(param),
                 "offload_optimizer": section(optimizer),
             }

@@ -127,6 +127,7 @@ class PlanSettings:
     param_buffer_count: int = 5
     optimizer_buffer_count: int = 4
     sub_group_size: int = 1_000_000_000
+    sub_group_split_params: bool = False
     prefetch_bucket_size: int = 50_000_000
     param_persistence_threshold: int = 100_000
     memory_fraction: float = 0.9
@@ -311,7 +312,9 @@ def _store_budget(shape: ModelShape, s: PlanSettings, p: Placement, device_is_ho
     """The engine store's host budget (``engine/placement.py``'s rule)."""
     largest = max(_shards(shape, s.world_size))
     param_bytes = _up(largest * s.dtype_bytes)
-    chunk_bytes = _up(state_nbytes(min(s.sub_group_size, largest), s.state_dtype))
+    # a sub-group holds whole parameters: one larger than sub_group_size is its own
+    sub_group = s.sub_group_size if s.sub_group_split_params else largest
+    chunk_bytes = _up(state_nbytes(min(sub_group, largest), s.state_dtype))
     params_nvme = p.param_device == "nvme"
     prefetch = 2 * max(param_bytes if params_nvme else 0, chunk_bytes)
     host = 2 * prefetch
@@ -352,7 +355,11 @@ def _tiers(
         host[label] = states
         host["fp32 gradient accumulators"] = 4 * n
     else:
-        sub = s.sub_group_size
+        # [Note: without sub_group_split_params the sub-groups are runs of whole
+        #  parameters; the shape knows groups, not parameters, so each group's shard
+        #  counts as one sub-group. A group has few parameters (a module's own), so
+        #  this misses at most one store alignment per extra sub-group.]
+        sub = s.sub_group_size if s.sub_group_split_params else max(shards, default=1)
         nvme[label] = sum(
             _up(state_nbytes(min(sub, k - lo), s.state_dtype))
             for k in shards
@@ -599,6 +606,8 @@ def recommended_config(result: Plan, *, aio: dict | None = None) -> dict[str, An
             "stage3_param_persistence_threshold": s.param_persistence_threshold,
         },
     }
+    if s.sub_group_split_params:
+        config["zero_optimization"]["sub_group_split_params"] = True
     if aio and e.placement.uses_nvme:
         config["aio"] = dict(aio)
     return config

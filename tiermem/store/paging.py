@@ -19,6 +19,7 @@ from tiermem.checksum import crc32c
 from tiermem.store.checksums import ChecksumWorker
 from tiermem.store.config import StoreConfig
 from tiermem.store.errors import StoreBudgetError, StoreCorruptionError, StoreError
+from tiermem.store.eviction import Rank, VictimHeaps
 from tiermem.store.nvme import Extent, NvmeTier
 from tiermem.store.readahead import ReadAhead
 from tiermem.store.records import CopyRecord, EntryRecord, FlushOp, LoadOp
@@ -31,6 +32,8 @@ from tiermem.store.tiers import DeviceTier, HostTier, MemoryTier
 R = Residency
 MEMORY_TIERS = (TierKind.DEVICE, TierKind.HOST)
 _INF = float("inf")
+#: refusals a prefetch by the prediction looks past for a clean victim (see Pager._victim)
+_PREDICTED_SKIPS = 16
 
 
 class Pager:
@@ -49,6 +52,7 @@ class Pager:
     _flushes: list[FlushOp]
     _write_errors: list[StoreError]
     _keep_plan: tuple[tuple[int, int], list[bool]] | None = None
+    _victim_heaps: VictimHeaps | None = None
     _checksums: ChecksumWorker
     readahead: ReadAhead
 
@@ -66,6 +70,7 @@ class Pager:
             c.prefetched = False
         else:
             self._resident[c.tier][e.name] = e
+            self._touch(e, c)
 
     def _free_copy(self, e: EntryRecord, c: CopyRecord) -> None:
         """Free a copy's memory and mark it ABSENT."""
@@ -291,6 +296,7 @@ class Pager:
         c.load = None
         if load.source is not None:
             load.source.holds -= 1
+            self._touch(e, load.source)
             load.source = None
         self._free_copy(e, c)
 
@@ -337,6 +343,7 @@ class Pager:
         c.load = None
         if load.source is not None:
             load.source.holds -= 1
+            self._touch(e, load.source)
             load.source = None
         self._set(e, c, R.DIRTY if load.dirty else R.CLEAN)
         if load.src is TierKind.NVME:
@@ -404,56 +411,90 @@ class Pager:
             raise error
 
     # ---- room ----
-    def _victims(
-        self, tier: TierKind, distance: int | None, keep: CopyRecord | None
-    ) -> list[tuple[EntryRecord, CopyRecord]]:
-        # [Note: with a schedule, the copies the write-behind plan keeps until
-        #  their next fetch go last, then the farthest needed first (Belady).
-        #  The plan's replay of Belady alone can settle into a cycle longer
-        #  than one pass (four tensors through room for two keep a different
-        #  one each pass): ranking by the plan first makes every pass repeat
-        #  the plan, so what it did not write behind is not evicted.]
+    def _touch(self, e: EntryRecord, c: CopyRecord) -> None:
+        """Note that ``c``'s place in the victim order, or whether it has one, may have
+        changed (tiermem.store.eviction)."""
+        if c.tier in MEMORY_TIERS:
+            self._victim_order().push(e, c, self._rank(e, c))
+
+    def _victim_order(self) -> VictimHeaps:
+        basis = (self.schedule.usable, self.schedule.version)
+        order = self._victim_heaps
+        if order is None or order.basis != basis:
+            order = self._victim_heaps = VictimHeaps(basis)
+            for tier in MEMORY_TIERS:
+                for e in self._resident[tier].values():
+                    order.push(e, e.copies[tier], self._rank(e, e.copies[tier]))
+        return order
+
+    def _rank(self, e: EntryRecord, c: CopyRecord) -> Rank | None:
+        """``c``'s place in its tier's victim order (smaller goes first); None when it
+        cannot be evicted now.
+
+        [Note: with a schedule, the copies the write-behind plan keeps until
+        their next fetch go last, then the farthest needed first (Belady).
+        The plan's replay of Belady alone can settle into a cycle longer
+        than one pass (four tensors through room for two keep a different
+        one each pass): ranking by the plan first makes every pass repeat
+        the plan, so what it did not write behind is not evicted.]
+        """
+        tier = c.tier
         usable = self.schedule.usable
-        out = []
-        for e in self._resident[tier].values():
-            c = e.copies[tier]
-            # [Note: with a schedule, a copy being written behind stays a candidate:
-            #  it is the one the write-behind plan expects to go, and evicting
-            #  another in its place would break the plan (an extra read, and a
-            #  write at eviction). _make_room waits for its write on demand.]
-            evictable = (R.CLEAN, R.DIRTY, R.FLUSHING) if usable else (R.CLEAN, R.DIRTY)
-            if (
-                c is keep
-                or e.home is tier
-                or c.state not in evictable
-                or c.refs
-                or c.pins
-                or c.holds
-            ):
-                continue
-            if usable:
-                nu = self.schedule.next_use((e.name, tier))
-                far = _INF if nu is None else nu
-                if distance is not None and far <= distance:
-                    continue
-                kept = tier is TierKind.HOST and self._kept_until_next_fetch(e)
-                if kept and distance is not None:
-                    continue  # read-ahead takes no room the write-behind plan keeps
-                out.append((kept, -far, c.last_use, e, c))
-            else:
-                if distance is not None:
-                    # [Note: a prefetch by the caller's prediction evicts only clean
-                    #  copies the prediction needs later; the demand evictions stay
-                    #  LRU: a guess that is wrong would make Belady evict what is
-                    #  needed next, and reads cost more than a late prefetch.]
-                    nu = self.schedule.next_use((e.name, tier))
-                    if self.schedule.predicted is None or c.state is not R.CLEAN:
-                        continue
-                    if nu is not None and nu <= distance:
-                        continue
-                out.append((False, 0, c.last_use, e, c))
-        out.sort(key=lambda v: v[:3])
-        return [(e, c) for *_, e, c in out]
+        # [Note: with a schedule, a copy being written behind stays a candidate:
+        #  it is the one the write-behind plan expects to go, and evicting
+        #  another in its place would break the plan (an extra read, and a
+        #  write at eviction). _make_room waits for its write on demand.]
+        evictable = (R.CLEAN, R.DIRTY, R.FLUSHING) if usable else (R.CLEAN, R.DIRTY)
+        if e.home is tier or c.state not in evictable or c.refs or c.pins or c.holds:
+            return None
+        if not usable:
+            return (False, 0.0, c.last_use)
+        nu = self.schedule.next_use((e.name, tier))
+        far = _INF if nu is None else float(self.schedule.replayed + nu)
+        kept = tier is TierKind.HOST and self._kept_until_next_fetch(e)
+        return (kept, -far, c.last_use)
+
+    def _victim(
+        self,
+        tier: TierKind,
+        distance: int | None,
+        keep: CopyRecord | None,
+        stuck: list[CopyRecord],
+    ) -> tuple[EntryRecord, CopyRecord] | None:
+        """The next copy to evict from ``tier`` for a demand fetch (``distance`` None)
+        or a prefetch needed in ``distance`` fetches (only copies needed later)."""
+        order = self._victim_order()
+
+        def movable(e: EntryRecord, c: CopyRecord) -> bool:
+            return c is not keep and not any(c is s for s in stuck)
+
+        if distance is None:
+            return order.first(tier, self._rank, accept=movable)
+        if self.schedule.usable:
+            # read-ahead takes no room the write-behind plan keeps: the kept
+            # copies have their own heap, left out
+            after = float(self.schedule.replayed + distance)
+            return order.first(tier, self._rank, accept=movable, after=after, include_kept=False)
+        if self.schedule.predicted is None:
+            return None
+
+        # [Note: a prefetch by the caller's prediction evicts only clean copies
+        #  the prediction needs later; the demand evictions stay LRU: a guess
+        #  that is wrong would make Belady evict what is needed next, and reads
+        #  cost more than a late prefetch. Without a recording the heaps are in
+        #  LRU order and the prediction's next use moves with every fetch, so it
+        #  is a filter while popping, not a rank; the copies it refuses go back,
+        #  and after _PREDICTED_SKIPS refusals the prefetch waits (it is only a
+        #  prefetch), so one costs O(log n), not a scan of every cached copy.]
+        def clean_needed_later(e: EntryRecord, c: CopyRecord) -> bool:
+            if c.state is not R.CLEAN or not movable(e, c):
+                return False
+            nu = self.schedule.next_use((e.name, tier))
+            return nu is None or nu > distance
+
+        return order.first(
+            tier, self._rank, accept=clean_needed_later, max_skipped=_PREDICTED_SKIPS
+        )
 
     def _make_room(
         self,
@@ -483,8 +524,8 @@ class Pager:
                     return False
                 self._wait_flush(evicting[0])
                 continue
-            victims = [v for v in self._victims(tier, distance, keep) if v[1] not in stuck]
-            if not victims:
+            victim = self._victim(tier, distance, keep, stuck)
+            if victim is None:
                 if distance is not None:
                     return False
                 if evicting:
@@ -517,7 +558,7 @@ class Pager:
                         f"{stuck_error}"
                     ) from stuck_error
                 raise err
-            e, c = victims[0]
+            e, c = victim
             if c.state is R.FLUSHING:
                 if distance is not None:
                     return False

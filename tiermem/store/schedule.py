@@ -83,6 +83,8 @@ class PrefetchSchedule:
         self.state = ScheduleState.EMPTY
         self.entries: list[Key] = []
         self.position = 0  # index of the next expected fetch while replaying
+        #: fetches replayed since this object was made (never reset: a clock for next uses)
+        self.replayed = 0
         self.in_pass = False
         self.passes_recorded = 0
         self.invalidations = 0
@@ -191,6 +193,7 @@ class PrefetchSchedule:
             pos = self.position
             if pos < len(self.entries) and self.entries[pos] == key:
                 self.position = pos + 1
+                self.replayed += 1
                 return True
             expected = (
                 f"{self.entries[pos][0]!r} in {self.entries[pos][1].name}"

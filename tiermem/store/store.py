@@ -89,6 +89,7 @@ class FetchHandle:
             if load.error is not None:
                 self._load = None
                 self._copy.refs = max(self._copy.refs - 1, 0)
+                self._store._touch(self._entry, self._copy)
                 raise load.error
             self._load = None
         block = self._copy.block
@@ -273,6 +274,7 @@ class TensorStore(Pager):
             del self._entries[name]
             raise
         c.last_use = self._next_tick()
+        self._touch(e, c)
 
     def drop(self, name: str) -> None:
         """Remove a tensor from every tier (it must not be fetched)."""
@@ -320,6 +322,7 @@ class TensorStore(Pager):
         self.schedule.observe((name, tier))
         self.telemetry.fetches += 1
         c = e.copies[tier]
+        self._touch(e, c)  # the replay passed a use of it: its next use is a later one
         if c.failed is not None:  # a prefetch of this copy failed: report it here
             error, c.failed = c.failed, None
             raise error
@@ -378,6 +381,7 @@ class TensorStore(Pager):
         c.refs -= 1
         c.last_use = self._next_tick()
         self.schedule.observe_release((name, c.tier))
+        self._touch(e, c)
         self._pump(report=False)
         if c.state is R.DIRTY:  # also the last release of a copy dirtied while shared
             self._write_behind(e, c)
@@ -415,6 +419,7 @@ class TensorStore(Pager):
         if c.pins == 0:
             raise StoreError(f"unpin {name!r} in {TierKind(tier).name}: it is not pinned")
         c.pins -= 1
+        self._touch(self._entry(name), c)
 
     # ---- passes ----
     def predict(self, keys: Sequence[tuple[str, TierKind]]) -> None:
@@ -486,6 +491,7 @@ class TensorStore(Pager):
                     self._copy_now(e, host, dev)
                 finally:
                     dev.holds -= 1
+                    self._touch(e, dev)
                 self._set(e, host, R.DIRTY)
             flush = self._start_flush(e, host, evict=False)
             if wait:
