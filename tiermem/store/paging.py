@@ -36,6 +36,13 @@ _INF = float("inf")
 _PREDICTED_SKIPS = 16
 
 
+# [Note: copies already resident add nothing to the bytes ahead, so with most
+#  of the schedule resident a walk would pass over all of it on every fetch
+#  (O(n^2) per pass). It stops after this many; a copy further on is
+#  prefetched by a later walk, once the fetches before it have been made.]
+MAX_RESIDENT_LOOKAHEAD = 256
+
+
 class Pager:
     """Moves copies between tiers. :class:`~tiermem.store.TensorStore` adds
     the public operations on top."""
@@ -707,6 +714,7 @@ class Pager:
         if window <= 0 or not self.schedule.ordered:
             return
         ahead = 0
+        passed = 0  # resident copies walked past that this walk did not prefetch
         for distance, (name, tier) in self.schedule.upcoming():
             e = self._entries.get(name)
             if e is None:
@@ -715,6 +723,10 @@ class Pager:
             if c.state.valid or c.state is R.LOADING:
                 if c.prefetched:
                     ahead += e.nbytes
+                else:
+                    passed += 1
+                    if passed > MAX_RESIDENT_LOOKAHEAD:
+                        break
                 continue
             if ahead + e.nbytes > window:
                 break
