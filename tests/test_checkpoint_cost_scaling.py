@@ -15,17 +15,15 @@ scan shows as lines whether or not it calls anything.]
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
+from line_counts import OWN_CODE, lines_executed
 from torch import nn
 
 import tiermem
 from tiermem.engine.checkpoint import load_checkpoint, save_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
-OWN = (str(REPO / "engine") + "/", str(REPO / "tiermem") + "/")
 PIECE = 16  # elements per optimizer sub-group
 
 
@@ -41,23 +39,7 @@ class TwoParams(nn.Module):
 
 def _lines(fn) -> int:
     """Lines of tiermem's own code that ``fn()`` executes."""
-    count = 0
-
-    def local(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    def calls(frame, event, arg):
-        return local if frame.f_code.co_filename.startswith(OWN) else None
-
-    sys.settrace(calls)
-    try:
-        fn()
-    finally:
-        sys.settrace(None)
-    return count
+    return lines_executed(fn, OWN_CODE)
 
 
 def _save_and_load_lines(tmp_path: Path, pieces_per_param: int) -> tuple[int, int]:

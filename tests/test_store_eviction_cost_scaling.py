@@ -11,35 +11,18 @@ machine's load does not matter.]
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
+from line_counts import STORE_CODE, lines_executed
 
 from tiermem.store import StoreConfig, TensorStore, TierKind
 
-STORE_CODE = str(Path(__file__).resolve().parent.parent / "tiermem" / "store") + "/"
 N = 1024  # fp32 elements: one 4 KiB block per tensor
 
 
 def _lines(fn) -> int:
-    count = 0
-
-    def local(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    def calls(frame, event, arg):
-        return local if frame.f_code.co_filename.startswith(STORE_CODE) else None
-
-    sys.settrace(calls)
-    try:
-        fn()
-    finally:
-        sys.settrace(None)
-    return count
+    return lines_executed(fn, STORE_CODE)
 
 
 def _pass(store: TensorStore, names: list[str]) -> None:
