@@ -133,10 +133,16 @@ def config(
 
 def nvme_offload_config(swap: str | os.PathLike) -> dict:
     """Stage 3 with parameters and Adam states on NVMe under ``swap``: one buffer and
-    1000-element sub-groups, so every step reads and writes the swap files."""
+    1000-element sub-groups cut through parameters, so every step reads and writes
+    the swap files many times."""
     nvme = {"device": "nvme", "nvme_path": str(swap), "buffer_count": 1}
     cfg = config(stage=3)
-    cfg["zero_optimization"].update(offload_param=nvme, offload_optimizer=nvme, sub_group_size=1000)
+    cfg["zero_optimization"].update(
+        offload_param=nvme,
+        offload_optimizer=nvme,
+        sub_group_size=1000,
+        sub_group_split_params=True,
+    )
     return cfg
 
 
