@@ -20,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
@@ -330,6 +332,12 @@ class Section:
             known key in the wrong place is accepted with a :class:`ConfigWarning`
             (the top level: DeepSpeed reads the keys it knows there and ignores
             the rest, where its sections refuse unknown keys).
+        LAX: DeepSpeed reads this section with a pydantic model in lax mode, so
+            ``"true"``/``"no"``/``1`` are accepted for true/false keys and
+            ``"16"``/``"1e-3"`` for numbers; they are read the same way here,
+            with one :class:`ConfigWarning` naming each (see :func:`lax_value`).
+            Elsewhere such strings are refused with a hint: DeepSpeed reads
+            those sections with plain ``dict.get``, where ``"false"`` is true.
     """
 
     PATH: ClassVar[str] = ""
@@ -338,6 +346,7 @@ class Section:
     REPLACED: ClassVar[Mapping[str, str]] = {}
     DELETE: ClassVar[Mapping[str, str]] = {}
     UNKNOWN_WARNS: ClassVar[bool] = False
+    LAX: ClassVar[bool] = False
 
     @classmethod
     def preprocess(cls, raw: Mapping[str, Any], path: str, ctx: ParseContext) -> Mapping[str, Any]:
@@ -430,9 +439,21 @@ class ParseContext:
 
     key_index: tuple[str, ...] = ()
     ignored: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    lax: list[tuple[str, Any, Any]] = dataclasses.field(default_factory=list)
 
     def warn_ignored(self) -> None:
-        """Emit one :class:`ConfigWarning` naming every ignored key."""
+        """Emit one :class:`ConfigWarning` naming every ignored key, and one naming
+        every value read leniently (see :attr:`Section.LAX`)."""
+        if self.lax:
+            read = "; ".join(
+                f"{path}: {json.dumps(raw)} as {json.dumps(got)}" for path, raw, got in self.lax
+            )
+            warnings.warn(
+                f"read as DeepSpeed's config models read them (write the JSON value "
+                f"itself to silence this): {read}",
+                ConfigWarning,
+                stacklevel=4,
+            )
         if not self.ignored:
             return
         lines = "; ".join(f"{path} ({why})" for path, why in self.ignored)
@@ -571,6 +592,8 @@ def parse_section(cls: type[Section], raw: Any, path: str, ctx: ParseContext) ->
     if raw is None:
         raw = {}
     raw = cls.preprocess(expect_mapping(raw, path), path, ctx)
+    if cls.LAX:
+        raw = _lax_values(cls, raw, path, ctx)
     values = collect_keys(cls, raw, path, ctx)
     for name, spec in cls.json_fields().items():
         if spec.kind == "section" and name in values:
@@ -578,6 +601,54 @@ def parse_section(cls: type[Section], raw: Any, path: str, ctx: ParseContext) ->
             values[name] = parse_section(spec.section, values[name], join_path(path, name), ctx)
     check_required(cls, values)
     return cls(**values)
+
+
+_LAX_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_LAX_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+_LAX_INT = re.compile(r"[+-]?\d+")
+_NOT_LAX = object()
+
+
+def lax_value(kind: str, value: Any) -> Any:
+    """``value`` as pydantic's lax mode reads it for a ``kind`` key, or ``_NOT_LAX``.
+
+    Strings only, and 0/1 for true/false: a true/false key takes ``"true"``,
+    ``"yes"``, ``"on"``, ``"1"`` (any case) and their opposites; an integer key
+    a string of digits; a number key any string Python reads as a finite float.
+    """
+    if kind == "bool":
+        if isinstance(value, str) and value.strip().lower() in _LAX_TRUE | _LAX_FALSE:
+            return value.strip().lower() in _LAX_TRUE
+        if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+            return bool(value)
+    elif kind in ("int", "float") and isinstance(value, str):
+        text = value.strip()
+        if kind == "int" and _LAX_INT.fullmatch(text):
+            return int(text)
+        if kind == "float":
+            try:
+                x = float(text)
+            except ValueError:
+                return _NOT_LAX
+            if math.isfinite(x):
+                return x
+    return _NOT_LAX
+
+
+def _lax_values(
+    cls: type[Section], raw: Mapping[str, Any], path: str, ctx: ParseContext
+) -> Mapping[str, Any]:
+    fields = cls.json_fields()
+    out = dict(raw)
+    for key, value in raw.items():
+        spec = fields.get(cls.ALIASES.get(key, key))
+        if spec is None or _is_auto(value):
+            continue
+        got = lax_value(spec.kind, value)
+        if got is not _NOT_LAX:
+            out[key] = got
+            ctx.lax.append((join_path(path, key), value, got))
+    return out
 
 
 def check_required(cls: type[Section], values: Mapping[str, Any]) -> None:

@@ -45,6 +45,7 @@ class OffloadConfig(Section):
     """
 
     PATH: ClassVar[str] = "zero_optimization.offload_param"
+    LAX: ClassVar[bool] = True  # DeepSpeed: a pydantic model
 
     # "auto": the planner chooses at initialize (tiermem.engine.auto_placement)
     device: str = setting("none", kind="choice", choices=(*OFFLOAD_DEVICES, "auto"), fold_case=True)
@@ -141,6 +142,7 @@ class ZeroConfig(Section):
     """
 
     PATH: ClassVar[str] = "zero_optimization"
+    LAX: ClassVar[bool] = True  # DeepSpeed: a pydantic model
     ALIASES: ClassVar[Mapping[str, str]] = {
         "stage3_gather_fp16_weights_on_model_save": "stage3_gather_16bit_weights_on_model_save",
         "gather_16bit_weights_on_model_save": "stage3_gather_16bit_weights_on_model_save",
@@ -270,6 +272,7 @@ class FP16Config(Section):
     """
 
     PATH: ClassVar[str] = "fp16"
+    LAX: ClassVar[bool] = True  # DeepSpeed: a pydantic model
     IGNORED: ClassVar[Mapping[str, str]] = {
         "auto_cast": "tiermem does not cast the model's inputs",
         "fp16_master_weights_and_grads": "tiermem always keeps fp32 master weights",
@@ -294,6 +297,7 @@ class BF16Config(Section):
     """``bf16`` (old name ``bfloat16``): bf16 mixed precision, no loss scaling."""
 
     PATH: ClassVar[str] = "bf16"
+    LAX: ClassVar[bool] = True  # DeepSpeed: a pydantic model
     IGNORED: ClassVar[Mapping[str, str]] = {
         "immediate_grad_update": "tiermem hands gradients to the optimizer tier as they come",
         "check_grad_overflow": "bf16 needs no overflow check",
