@@ -50,8 +50,10 @@ def test_nvme_home_host_budget_below_model(tmp_path):
         assert got.dtype == want.dtype and torch.equal(got, want)
     assert 0 < host.peak <= budget
     assert snap["evictions"]["host"] > 0
-    # every pass read the whole model back from NVMe
-    assert snap["bytes_moved"]["nvme->host"] >= 3 * model_bytes
+    # the first pass read the whole model from NVMe, and each later pass all of it
+    # but what the host budget can keep across passes (the store may keep a unit
+    # or two resident, depending on when its reads finish)
+    assert snap["bytes_moved"]["nvme->host"] >= 3 * model_bytes - 2 * budget
     assert report.prefetch_hits > 0 and report.tokens == ids.numel()
     assert all(p.numel() == 0 for p in model.parameters())
 

@@ -52,11 +52,15 @@ def test_a_late_prefetch_widens_the_store_window(tmp_path, monkeypatch):
 
 
 def _settle(store: TensorStore) -> None:
-    """Let the reads in flight finish, so the telemetry counts them on a known side
-    of the reset and of the snapshot (a prefetch issued at the end of a pass finishes
-    whenever the disk does; counting it by chance made the totals vary)."""
+    """Let the reads and writes in flight finish, so the telemetry counts them on a
+    known side of the reset and of the snapshot, and so which copies are clean (a
+    finished write-behind) does not depend on when the disk finished (a prefetch
+    issued at the end of a pass finishes whenever the disk does; counting it by
+    chance, or evicting by chance around it, made the totals vary)."""
     for load in list(store._loads):
         store._wait_load(load)
+    for flush in list(store._flushes):
+        store._wait_flush(flush)
     store._pump()
 
 
@@ -77,8 +81,9 @@ def _reads_per_pass(tmp_path, *, window: int | None) -> int:
                 assert t[0].item() == float(i + p)
                 t.add_(1.0)
                 store.release(name, dirty=True)
+                _settle(store)  # every step's I/O done before the next: no timing
             store.end_pass()
-            store._pump()
+            _settle(store)
         _settle(store)
         return store.telemetry.snapshot()["bytes_moved"].get("nvme->host", 0)
 
