@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import gc
 import shutil
 import sys
 import tempfile
@@ -29,9 +28,9 @@ import torch
 from torch import nn
 
 import tiermem
-from tiermem.engine.checkpoint import load_checkpoint, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _checkpoint_timing import tear_down, time_save_and_load  # noqa: E402
 from _results import machine_info, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,20 +90,13 @@ def run(hidden: int, nlayers: int, sub_group_size: int, work: Path) -> dict[str,
             engine.step()
             if phase == "step":
                 out["step"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        save_checkpoint(engine, work / "ckpt")
-        out["save"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        load_checkpoint(engine, work / "ckpt")
-        out["load"] = time.perf_counter() - t0
+        out.update(time_save_and_load(engine, work / "ckpt"))
         out["optimizer_sub_groups"] = float(
             sum(len(v) for v in getattr(engine.shard_optimizer, "_chunks", {}).values())
         )
     finally:
-        engine.close()
-        del engine, model
-        gc.collect()
-        shutil.rmtree(work, ignore_errors=True)
+        del model
+        tear_down(engine, work)
     return out
 
 

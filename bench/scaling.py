@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
 import pstats
 import shutil
 import sys
@@ -41,9 +40,9 @@ import torch
 from torch import nn
 
 import tiermem
-from tiermem.engine.checkpoint import load_checkpoint, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _checkpoint_timing import tear_down, time_save_and_load  # noqa: E402
 from _results import machine_info, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,17 +113,10 @@ def run_size(items: int, per_param: int, piece: int, scratch: Path) -> dict[str,
             engine.step()
             if phase == "step":
                 out["step"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        save_checkpoint(engine, work / "ckpt")
-        out["save"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        load_checkpoint(engine, work / "ckpt")
-        out["load"] = time.perf_counter() - t0
+        out.update(time_save_and_load(engine, work / "ckpt"))
     finally:
-        engine.close()
-        del engine, model
-        gc.collect()
-        shutil.rmtree(work, ignore_errors=True)
+        del model
+        tear_down(engine, work)
     return out
 
 

@@ -695,8 +695,7 @@ class TiermemEngine:
             optimizer_on_nvme=self.shard_optimizer.placement == "nvme",
             param_itemsize=self.dtype.itemsize,
             micro_steps=self.gradient_accumulation_steps,
-            update_in_backward=self.settings.gradient_clipping <= 0
-            and self.precision.kind != "fp16",
+            update_in_backward=self._overlap_allowed(),
         )
 
     @torch.no_grad()
